@@ -1,0 +1,220 @@
+"""`sgmn` command line: one subcommand per DAG step, each runnable and testable alone.
+
+    sgmn synth --preset default --seed 0 --out results/lpr_synth/data
+    sgmn resolve-config --config workflow/config/default.yaml --variant gra_only --out cfg.json
+    sgmn pretrain-clip --config cfg.json --data DIR --out clip.pt
+    sgmn train --config cfg.json --seed 0 --data DIR --clip-weights clip.pt --out RUN_DIR
+    sgmn evaluate --data DIR --checkpoint RUN_DIR/final.pt --out metrics.json --scores-out scores.parquet
+    sgmn evaluate --data DIR --scores scores.parquet --out metrics.json   # recompute from a table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("sgmn")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects knob=value, got '{pair}'")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_synth(args) -> None:
+    from sgmn.data.synth import generate
+    path = generate(args.out, preset=args.preset, seed=args.seed, fmt=args.format,
+                    overrides=_parse_sets(args.set))
+    log.info("wrote %s", path)
+
+
+def cmd_resolve_config(args) -> None:
+    from sgmn import config as cfg
+    from sgmn.io import write_json
+    if args.json:
+        resolved = json.loads(args.json)
+        variant = resolved.pop("variant", args.variant)
+        resolved = cfg.validate(cfg.strip_run_keys(resolved), "--json")
+        for key in ("variants", "seeds"):
+            resolved.pop(key, None)
+        resolved["variant"] = variant
+    else:
+        base = cfg.load_config(args.config)
+        resolved = cfg.resolve_variant(base, args.variant, variants_path=args.variants)
+    write_json(resolved, args.out)
+
+
+def _load_run_config(path) -> dict:
+    from sgmn.config import load_config
+    return load_config(path)
+
+
+def cmd_pretrain_clip(args) -> None:
+    from sgmn.train.pretrain_clip import pretrain
+    _set_threads(args.threads)
+    pretrain(_load_run_config(args.config), args.data, args.out)
+
+
+def _set_threads(n: int) -> None:
+    if n > 0:
+        import torch
+        torch.set_num_threads(n)
+
+
+def cmd_train(args) -> None:
+    from sgmn.train.retrieval import train_run
+    _set_threads(args.threads)
+    config = _load_run_config(args.config)
+    final = train_run(config, args.seed, args.data, args.clip_weights, args.out)
+    log.info("wrote %s", final)
+
+
+def detect_format(root: Path) -> str:
+    if (root / "test.json").exists() or (root / "train.json").exists():
+        return "movingfashion"
+    if any(root.glob("test_videoid_to_gtimage_*.json")):
+        return "lpr4m"
+    raise SystemExit(f"{root}: neither an LPR4M root (test_videoid_to_gtimage_*.json) nor a "
+                     f"MovingFashion root (test.json); pass --format")
+
+
+def cmd_evaluate(args) -> None:
+    from sgmn.data.datasets import read_split
+    from sgmn.evaluate.run import evaluate_model, metrics_from_scores, read_scores
+    from sgmn.io import provenance, write_json, write_table
+    data = Path(args.data)
+    if (args.scores is None) == (args.checkpoint is None):
+        raise SystemExit("evaluate needs exactly one of --checkpoint (score a model) or --scores (recompute)")
+    if args.scores:
+        fmt = args.format or detect_format(data)
+        test = read_split(data, fmt, "test")
+        metrics, per_query = metrics_from_scores(test, read_scores(args.scores))
+        metrics["provenance"] = provenance(None, None)
+        metrics["provenance"]["scores"] = str(args.scores)
+    else:
+        from sgmn.train.retrieval import load_model
+        model, state = load_model(args.checkpoint)
+        config = state["config"]
+        if args.format:
+            config["dataset"]["format"] = args.format
+        _set_threads(args.threads)
+        scores, metrics, per_query = evaluate_model(model, config, data)
+        metrics["provenance"] = provenance(config, state.get("seed"))
+        metrics["provenance"]["checkpoint"] = str(args.checkpoint)
+        metrics["provenance"]["trained_with"] = state.get("provenance", {}).get("git")
+        if args.scores_out:
+            write_table(scores, args.scores_out)
+    if args.per_query_out:
+        write_table(per_query, args.per_query_out)
+    write_json(metrics, args.out)
+    o = metrics["overall"]
+    log.info("R@1 %.2f  R@5 %.2f  R@10 %.2f  R@mean %.2f  (n=%d, misses=%d, chance R@1 %.2f)",
+             o["R@1"], o["R@5"], o["R@10"], o["R@mean"], o["n"], metrics["n_misses"],
+             metrics["chance"]["R@1"])
+
+
+def cmd_summarize(args) -> None:
+    """One row per (variant, seed) run: overall metrics, chance level and provenance."""
+    import pandas as pd
+    from sgmn.io import write_table
+    rows = []
+    for path in args.metrics:
+        m = json.loads(Path(path).read_text())
+        conf = m["provenance"]["config"] or {}
+        rows.append({"variant": conf.get("variant"), "seed": m["provenance"]["seed"],
+                     **{k: m["overall"][k] for k in ("R@1", "R@5", "R@10", "R@mean", "n")},
+                     "chance_R@1": m["chance"]["R@1"], "n_misses": m["n_misses"],
+                     "commit": (m["provenance"]["git"] or {}).get("commit"), "metrics": str(path)})
+    table = pd.DataFrame(rows).sort_values(["variant", "seed"])
+    write_table(table, args.out)
+    md = Path(args.out).with_suffix(".md")
+    md.write_text(table.drop(columns=["metrics", "commit"]).to_markdown(index=False, floatfmt=".2f") + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sgmn", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate LPR-Synth (LPR4M layout) or MF-Synth (MovingFashion layout)")
+    s.add_argument("--preset", default="default", help="smoke (CI, seconds), default (CPU job), large (GPU)")
+    s.add_argument("--seed", type=int, default=0, help="the dataset is a pure function of preset, seed, knobs")
+    s.add_argument("--out", required=True, help="output directory (written atomically; must not exist)")
+    s.add_argument("--format", default="lpr4m", choices=["lpr4m", "movingfashion"])
+    s.add_argument("--set", action="append", metavar="KNOB=VALUE", help="override a generator knob (docs/lpr_synth.md)")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("resolve-config", help="write the full, validated config of one variant")
+    s.add_argument("--config", help="base config YAML (e.g. workflow/config/default.yaml)")
+    s.add_argument("--variant", default="gra_only", help="row of the variants file")
+    s.add_argument("--variants", default=None, help="variants file (default workflow/config/variants.yaml)")
+    s.add_argument("--json", help="an already merged config as JSON (used by the DAG)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_resolve_config)
+
+    s = sub.add_parser("pretrain-clip", help="contrastively pretrain the small CLIP on the training catalogue")
+    s.add_argument("--config", required=True, help="resolved config (JSON) or config YAML")
+    s.add_argument("--data", required=True, help="dataset root")
+    s.add_argument("--out", required=True, help="state dict of the CLIP (loadable by open_clip)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.set_defaults(func=cmd_pretrain_clip)
+
+    s = sub.add_parser("train", help="train one (variant, seed) run; resumes from OUT/ckpt/latest.pt")
+    s.add_argument("--config", required=True, help="resolved config (JSON) or config YAML")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--data", required=True, help="dataset root")
+    s.add_argument("--clip-weights", default="none",
+                   help="CLIP init: a local state dict, 'openai', or 'none' (random)")
+    s.add_argument("--out", required=True, help="run directory (final.pt, train_log.jsonl, params.json)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="score a checkpoint, or recompute metrics from a score table")
+    s.add_argument("--data", required=True, help="dataset root (only its test files are read)")
+    s.add_argument("--checkpoint", help="final.pt of a run")
+    s.add_argument("--scores", help="long-format table (CSV or Parquet): video_id, image_id, score")
+    s.add_argument("--format", choices=["lpr4m", "movingfashion"], help="default: detected from --data")
+    s.add_argument("--out", required=True, help="metrics JSON")
+    s.add_argument("--scores-out", help="where to save the score table (Parquet or CSV)")
+    s.add_argument("--per-query-out", help="per-query ranks and hits (for paired tests)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("summarize", help="collect run metrics into one CSV (+ Markdown) table")
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of the runs")
+    s.add_argument("--out", required=True, help="CSV path; a .md beside it")
+    s.set_defaults(func=cmd_summarize)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from sgmn.config import ConfigError
+    from sgmn.data.records import AnnotationError
+    try:
+        args.func(args)
+    except (ConfigError, AnnotationError, FileNotFoundError, FileExistsError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Configuration: YAML files validated against one JSON schema, and the variant matrix.
+
+The schema (`workflow/schemas/config.schema.yaml`) gives every key a description and a default
+and forbids unknown keys. Snakemake validates the top-level config with it; the CLI validates
+every resolved variant config with the same file, so a mistyped key or an out-of-range value
+fails in both places with a message naming the key and, for YAML files, the file and line.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+VARIANTS_PATH = REPO_ROOT / "workflow" / "config" / "variants.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that does not satisfy the schema; the message says where and why."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    if not path.exists():
+        raise ConfigError(f"config schema not found at {path} (run from a checkout of the suite)")
+    return yaml.safe_load(path.read_text())
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map each key path of a YAML mapping to its 1-based line, for error messages."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                path = prefix + (key.value,)
+                lines[path] = key.start_mark.line + 1
+                walk(value, path)
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def load_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
+    """Read a YAML mapping; syntax errors name the file and line."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: expected a mapping of config keys, got {type(data).__name__}")
+    return data, _key_lines(text)
+
+
+def _fill_defaults_validator():
+    """A Draft 2020-12 validator that fills in `default`s while validating (as Snakemake does)."""
+    base = jsonschema.Draft202012Validator
+    validate_props = base.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": properties})
+
+
+def validate(config: dict, source: str = "config", key_lines: dict | None = None,
+             schema: dict | None = None) -> dict:
+    """Validate `config` (a copy is returned with defaults filled in) or raise ConfigError."""
+    schema = schema or load_schema()
+    filled = copy.deepcopy(config)
+    validator = _fill_defaults_validator()(schema)
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return filled
+    messages = []
+    for err in errors:
+        path = tuple(str(p) for p in err.absolute_path)
+        if err.validator == "additionalProperties":
+            # name the offending key itself, and list what is allowed there
+            allowed = sorted(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - set(allowed))
+            for key in extra:
+                line = (key_lines or {}).get(path + (key,))
+                where = f"{source}:{line}" if line else source
+                dotted = ".".join(path + (key,))
+                messages.append(f"{where}: unknown key '{dotted}'; allowed here: {', '.join(allowed)}")
+            continue
+        line = (key_lines or {}).get(path)
+        where = f"{source}:{line}" if line else source
+        dotted = ".".join(path) or "<top level>"
+        messages.append(f"{where}: bad value for '{dotted}': {err.message}")
+    raise ConfigError("invalid configuration:\n  " + "\n  ".join(messages))
+
+
+def load_config(path: str | Path) -> dict:
+    """Load and validate a YAML config, or a resolved variant config (JSON, with `variant`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} not found")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+        lines = None
+    else:
+        data, lines = load_yaml(path)
+    run_keys = {k: data[k] for k in ("variant", "seed") if k in data}
+    config = validate(strip_run_keys(data), str(path), lines)
+    if "variant" in run_keys:  # a resolved variant config carries no run-matrix keys
+        for key in ("variants", "seeds"):
+            config.pop(key)
+    return {**config, **run_keys}
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    """Return base updated recursively with overrides (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_variants(path: str | Path = VARIANTS_PATH) -> dict[str, dict]:
+    """The ablation matrix: variant id -> {description, paper, overrides}."""
+    data, lines = load_yaml(path)
+    variants = data.get("variants")
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError(f"{path}: expected a non-empty mapping under 'variants'")
+    allowed = {"description", "paper", "overrides"}
+    for vid, row in variants.items():
+        line = lines.get(("variants", vid))
+        where = f"{path}:{line}" if line else str(path)
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: variant '{vid}' must be a mapping")
+        extra = set(row) - allowed
+        if extra:
+            raise ConfigError(f"{where}: variant '{vid}' has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
+        if not isinstance(row.get("overrides", {}), dict):
+            raise ConfigError(f"{where}: variant '{vid}': overrides must be a mapping")
+    return variants
+
+
+def resolve_variant(config: dict, variant: str, variants: dict[str, dict] | None = None,
+                    variants_path: str | Path = VARIANTS_PATH) -> dict:
+    """The full, validated config of one variant: base config + the variant's overrides."""
+    variants = variants if variants is not None else load_variants(variants_path)
+    if variant not in variants:
+        raise ConfigError(f"unknown variant '{variant}'; known: {', '.join(sorted(variants))}")
+    merged = deep_merge(config, variants[variant].get("overrides") or {})
+    merged.pop("variants", None)
+    merged.pop("seeds", None)
+    resolved = validate(merged, f"{variants_path} (variant '{variant}')")
+    for key in ("variants", "seeds"):  # run-matrix keys, not part of one run's config
+        resolved.pop(key)
+    resolved["variant"] = variant
+    return resolved
+
+
+def strip_run_keys(config: dict) -> dict:
+    """A resolved config without the keys that are not part of the schema (for re-validation)."""
+    return {k: v for k, v in config.items() if k not in ("variant", "seed")}

@@ -1,0 +1,142 @@
+"""Scoring a trained model on a test split, and metrics from a saved score table.
+
+Every method is scored the same way: encode each gallery image once and each query clip once,
+then score each query against its own gallery (its livestream's for LPR4M, the global one for
+MovingFashion). Scores are saved in long format (video_id, image_id, score), so every metric can
+be recomputed from the table and the test annotations alone (`sgmn evaluate --scores`).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from sgmn.data.datasets import ImageDataset, QueryDataset, collate, read_split
+from sgmn.data.lpr4m import normalise_boxes
+from sgmn.data.records import TestSet
+from sgmn.data.subsets import subset_labels
+from sgmn.evaluate.metrics import Query, compute_metrics, rank_queries
+
+log = logging.getLogger(__name__)
+
+
+def _progress(it, desc):
+    return tqdm(it, desc=desc, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 15.0)
+
+
+def build_queries(test: TestSet) -> list[Query]:
+    """Metric queries (gallery, ground truth, subsets, category) from a loaded test split."""
+    queries = []
+    for clip in test.queries:
+        subsets = None
+        if clip.frame_boxes:
+            boxes = clip.frame_boxes
+            if clip.extra.get("pixel_boxes") and clip.frame_paths:
+                try:
+                    with Image.open(clip.frame_paths[0]) as im:
+                        boxes = normalise_boxes(boxes, *im.size)
+                except OSError:
+                    boxes = None  # frame unreadable: the query is reported as unreadable anyway
+            subsets = subset_labels(boxes) if boxes else None
+        queries.append(Query(video_id=clip.video_id, gallery=tuple(test.gallery_of(clip)),
+                             gt=tuple(test.gt.get(clip.video_id, ())), subsets=subsets,
+                             category=test.categories.get(clip.video_id) or clip.category_name))
+    return queries
+
+
+@torch.no_grad()
+def encode_gallery(model, test: TestSet, image_size: int, batch_size: int, device):
+    ids = sorted({i for ids in test.gallery.values() for i in ids})
+    loader = DataLoader(ImageDataset(test.image_paths, ids, image_size), batch_size=batch_size,
+                        collate_fn=collate)
+    feats, kept, errors = [], [], {}
+    for batch in _progress(loader, "gallery"):
+        ok = batch["ok"]
+        for image_id, good, err in zip(batch["image_id"], ok.tolist(), batch["error"]):
+            if not good:
+                errors[image_id] = err
+        if ok.any():
+            feats.append(model.encode_image(batch["image"][ok].to(device)).float().cpu())
+            kept += [i for i, good in zip(batch["image_id"], ok.tolist()) if good]
+    emb = torch.cat(feats) if feats else torch.zeros(0, 1)
+    return kept, emb, errors
+
+
+@torch.no_grad()
+def encode_queries(model, test: TestSet, num_frames: int, image_size: int, batch_size: int, device):
+    loader = DataLoader(QueryDataset(test, num_frames, image_size), batch_size=batch_size,
+                        collate_fn=collate)
+    feats, kept, unreadable, frame_errors = [], [], {}, []
+    for batch in _progress(loader, "queries"):
+        ok = batch["ok"]
+        for vid, good, err, ferr in zip(batch["video_id"], ok.tolist(), batch["error"], batch["frame_errors"]):
+            frame_errors += ferr
+            if not good:
+                unreadable[vid] = err
+        if ok.any():
+            v = model.encode_video(batch["frames"][ok].to(device), batch["frame_mask"][ok].to(device))
+            feats.append(v.float().cpu())
+            kept += [v for v, good in zip(batch["video_id"], ok.tolist()) if good]
+    emb = torch.cat(feats) if feats else torch.zeros(0, 1)
+    return kept, emb, unreadable, frame_errors
+
+
+def score_table(test: TestSet, query_ids, query_emb, image_ids, image_emb, score_fn) -> pd.DataFrame:
+    """Long-format scores of each query against its own gallery (one matmul per gallery)."""
+    qpos = {v: i for i, v in enumerate(query_ids)}
+    ipos = {v: i for i, v in enumerate(image_ids)}
+    by_gallery: dict[str, list[str]] = {}
+    for clip in test.queries:
+        if clip.video_id in qpos:
+            by_gallery.setdefault(clip.live_id or "all", []).append(clip.video_id)
+    frames = []
+    for key, vids in by_gallery.items():
+        gids = [g for g in test.gallery.get(key, []) if g in ipos]
+        if not gids:
+            continue
+        s = score_fn(query_emb[[qpos[v] for v in vids]], image_emb[[ipos[g] for g in gids]])  # (Q, G)
+        frames.append(pd.DataFrame({"video_id": np.repeat(vids, len(gids)),
+                                    "image_id": np.tile(gids, len(vids)),
+                                    "score": s.numpy().ravel()}))
+    if not frames:
+        return pd.DataFrame({"video_id": [], "image_id": [], "score": []})
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate_model(model, config: dict, data_dir: str | Path):
+    """Encode and score the test split; returns (scores, metrics, per-query table)."""
+    test = read_split(data_dir, config["dataset"]["format"], "test")
+    device = next(model.parameters()).device
+    model.eval()
+    m, bs = config["model"], config["evaluate"]["batch_size"]
+    image_ids, image_emb, gallery_errors = encode_gallery(model, test, m["image_size"], bs, device)
+    query_ids, query_emb, unreadable, frame_errors = encode_queries(
+        model, test, m["num_frames"], m["image_size"], bs, device)
+    scores = score_table(test, query_ids, query_emb, image_ids, image_emb, model.score)
+    metrics, per_query = metrics_from_scores(test, scores, unreadable)
+    metrics["gallery_errors"] = gallery_errors
+    metrics["frame_errors"] = frame_errors
+    return scores, metrics, per_query
+
+
+def metrics_from_scores(test: TestSet, scores: pd.DataFrame, unreadable: dict | None = None):
+    queries = build_queries(test)
+    metrics = compute_metrics(scores, queries, unreadable or {})
+    metrics["annotation_problems"] = test.problems
+    return metrics, rank_queries(scores, queries, unreadable or {})
+
+
+def read_scores(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"video_id": str, "image_id": str})
+    missing = {"video_id", "image_id", "score"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: score table lacks columns {sorted(missing)} (needs video_id, image_id, score)")
+    return df

@@ -1,0 +1,161 @@
+"""The training loop shared by CLIP pretraining and retrieval training.
+
+Resumable by construction: the batch and the augmentation randomness of step s are pure
+functions of (seed, s), the learning rate is a function of s, and `ckpt/latest.pt` (model,
+optimiser, step, RNG states, config) is written atomically every `checkpoint_every` steps. A
+rerun after a kill continues from the last checkpoint and follows the same trajectory as an
+uninterrupted run. The checkpoint directory is not a declared Snakemake output, so a failed job
+does not delete it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from sgmn.io import atomic_save, git_commit
+
+log = logging.getLogger(__name__)
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to min_ratio at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class StepBatchSampler(Sampler):
+    """Index batches for steps [start, total): epoch e is a permutation seeded by (seed, e)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int):
+        if n < batch_size:
+            raise ValueError(f"batch size {batch_size} exceeds the {n} training examples")
+        self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.per_epoch = n // batch_size  # drop_last: every batch is full
+
+    def batch_for(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return perm[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.total):
+            yield self.batch_for(step)
+
+    def __len__(self):
+        return self.total - self.start
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The torch RNG of one step's augmentations (independent of how the run got there)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: Callable,
+          run_dir: str | Path, *, steps: int, batch_size: int, lr: float, warmup_steps: int,
+          weight_decay: float, optimizer: str = "adamw", min_lr_ratio: float = 0.0,
+          grad_clip: float = 0.0, seed: int = 0, checkpoint_every: int = 100,
+          num_workers: int = 0, device: str = "auto", precision: str = "fp32",
+          config: dict | None = None) -> torch.nn.Module:
+    """Train `model` for `steps` steps, resuming from run_dir/ckpt/latest.pt when present.
+
+    loss_fn(model, batch, generator) returns a dict; its keys ending in `_loss` are summed.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "ckpt" / "latest.pt"
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    model.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, steps, warmup_steps, min_lr_ratio))
+
+    start = 0
+    if ckpt_path.exists():
+        start = _resume(ckpt_path, model, opt, sched, config)
+        log.info("resumed from %s at step %d", ckpt_path, start)
+    if start >= steps:
+        return model
+
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start, steps)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                        persistent_workers=False)
+    autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
+    model.train()
+    log_file = open(run_dir / "train_log.jsonl", "a")
+    bar = tqdm(total=steps, initial=start, desc=f"train {run_dir.name}", file=sys.stderr,
+               mininterval=1.0 if sys.stderr.isatty() else 15.0, dynamic_ncols=True)
+    t0 = time.time()
+    step = start
+    for step, batch in enumerate(loader, start=start):
+        batch = to_device(batch, dev)
+        with autocast:
+            out = loss_fn(model, batch, step_generator(seed, step))
+        loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}: "
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in out.items()))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        bar.update(1)
+        if (step + 1) % 10 == 0 or step + 1 == steps:
+            record = {"step": step + 1, "loss": round(loss.item(), 6), "lr": sched.get_last_lr()[0],
+                      "elapsed_s": round(time.time() - t0, 2),
+                      **{k: round(v.item(), 6) for k, v in out.items() if k.endswith("_loss")}}
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            _checkpoint(ckpt_path, model, opt, sched, step + 1, config)
+    bar.close()
+    log_file.close()
+    log.info("trained %d steps in %.1f s", steps - start, time.time() - t0)
+    return model
+
+
+def _checkpoint(path: Path, model, opt, sched, step: int, config: dict | None) -> None:
+    atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "step": step, "config": config,
+                 "git": git_commit(), "torch_rng": torch.get_rng_state()}, path)
+
+
+def _resume(path: Path, model, opt, sched, config: dict | None) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if config is not None and state.get("config") != config:
+        raise RuntimeError(f"{path} was written by a different config; delete {path.parent} to "
+                           f"start over, or restore the config it was made with")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])

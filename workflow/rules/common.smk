@@ -1,0 +1,68 @@
+# Config validation and input functions; the logic lives in sgmn.config (tested Python).
+import json
+
+from snakemake.utils import validate
+
+from sgmn.config import load_variants, resolve_variant
+
+validate(config, "../schemas/config.schema.yaml")
+
+DATASET = config["dataset"]["name"]
+VARIANTS = load_variants()
+RESOLVED = {v: resolve_variant(config, v, VARIANTS) for v in config["variants"]}
+SEEDS = config["seeds"]
+
+wildcard_constraints:
+    ds=DATASET,
+    variant="|".join(sorted(RESOLVED)),
+    seed=r"\d+",
+
+
+def get_final_outputs():
+    return [f"results/{DATASET}/summary.csv"]
+
+
+def get_data_dir(wildcards):
+    """A real dataset root, or the directory the synth rule writes."""
+    return config["dataset"]["path"] or f"results/{DATASET}/data"
+
+
+def get_variant_json(wildcards):
+    """The variant's full config; a change reruns only that variant (params rerun trigger)."""
+    return json.dumps(RESOLVED[wildcards.variant], sort_keys=True)
+
+
+def get_pretrain_json(wildcards):
+    """Only the keys that shape the pretrained CLIP, so training changes do not redo it."""
+    keep = {
+        "dataset": config["dataset"],
+        "model": {k: config["model"][k] for k in ("clip", "image_size")},
+        "pretrain": config["pretrain"],
+        "train": {k: config["train"][k] for k in ("device", "precision", "num_workers")},
+    }
+    return json.dumps(keep, sort_keys=True)
+
+
+def _pretrained(variant):
+    return RESOLVED[variant]["model"]["pretrained"]
+
+
+def get_clip_weights_input(wildcards):
+    """The pretrain_clip output when the variant starts from the DAG's CLIP, else nothing."""
+    if _pretrained(wildcards.variant) == "pipeline":
+        return f"results/{DATASET}/clip/pretrained.pt"
+    return []
+
+
+def get_clip_weights_arg(wildcards):
+    value = _pretrained(wildcards.variant)
+    return f"results/{DATASET}/clip/pretrained.pt" if value == "pipeline" else value
+
+
+def get_run_metrics(wildcards):
+    return expand(
+        "results/{ds}/runs/{variant}/seed{seed}/metrics.json",
+        ds=DATASET,
+        variant=sorted(RESOLVED),
+        seed=SEEDS,
+    )

@@ -1,0 +1,33 @@
+rule synth:
+    output:
+        directory("results/{ds}/data"),
+    params:
+        preset=config["dataset"]["synth"]["preset"],
+        seed=config["dataset"]["synth"]["seed"],
+        format=config["dataset"]["format"],
+        knobs=" ".join(
+            f"--set {k}={json.dumps(v)}"
+            for k, v in config["dataset"]["synth"]["overrides"].items()
+        ),
+    log:
+        "logs/synth/{ds}.log",
+    benchmark:
+        "benchmarks/synth/{ds}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "sgmn synth --preset {params.preset} --seed {params.seed} --format {params.format}"
+        " {params.knobs} --out {output} > {log} 2>&1"
+
+
+rule resolve_config:
+    output:
+        "results/{ds}/configs/{variant}.json",
+    params:
+        config=get_variant_json,
+    log:
+        "logs/resolve_config/{ds}/{variant}.log",
+    localrule: True
+    shell:
+        "sgmn resolve-config --json {params.config:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,32 @@
+rule evaluate:
+    input:
+        checkpoint="results/{ds}/runs/{variant}/seed{seed}/final.pt",
+        data=get_data_dir,
+    output:
+        metrics="results/{ds}/runs/{variant}/seed{seed}/metrics.json",
+        scores="results/{ds}/runs/{variant}/seed{seed}/scores.parquet",
+        per_query="results/{ds}/runs/{variant}/seed{seed}/per_query.parquet",
+    log:
+        "logs/evaluate/{ds}/{variant}/seed{seed}.log",
+    benchmark:
+        "benchmarks/evaluate/{ds}/{variant}/seed{seed}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "sgmn evaluate --data {input.data} --checkpoint {input.checkpoint} --out {output.metrics}"
+        " --scores-out {output.scores} --per-query-out {output.per_query} --threads {threads}"
+        " > {log} 2>&1"
+
+
+rule summarize:
+    input:
+        get_run_metrics,
+    output:
+        "results/{ds}/summary.csv",
+    log:
+        "logs/summarize/{ds}.log",
+    localrule: True
+    shell:
+        "sgmn summarize --metrics {input} --out {output} > {log} 2>&1"
