@@ -55,7 +55,8 @@ def cmd_resolve_config(args) -> None:
         resolved["variant"] = variant
     else:
         base = cfg.load_config(args.config)
-        resolved = cfg.resolve_variant(base, args.variant, variants_path=args.variants)
+        resolved = cfg.resolve_variant(base, args.variant,
+                                       variants_path=args.variants or cfg.VARIANTS_PATH)
     write_json(resolved, args.out)
 
 

@@ -49,8 +49,11 @@ def create_clip(name: str, pretrained: str | None = "none", image_size: int | No
         raise FileNotFoundError(
             f"pretrained weights '{pretrained}' are neither a file nor a tag of {name} (tags: {tags})")
     # open_clip loads a local file with load_state_dict(strict=True): a mismatch lists the keys
-    return open_clip.create_model(name, pretrained=str(path), force_image_size=image_size,
-                                  require_pretrained=True)
+    try:
+        return open_clip.create_model(name, pretrained=str(path), force_image_size=image_size,
+                                      require_pretrained=True)
+    except (RuntimeError, AssertionError, KeyError, ValueError) as err:
+        raise RuntimeError(f"{path}: not a state dict of CLIP '{name}': {err}") from err
 
 
 def get_tokenizer(name: str):

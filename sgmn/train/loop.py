@@ -86,6 +86,7 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
     loss_fn(model, batch, generator) returns a dict; its keys ending in `_loss` are summed.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "ckpt" / "latest.pt"
     dev = resolve_device(device)
     torch.manual_seed(seed)

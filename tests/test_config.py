@@ -1,0 +1,82 @@
+"""Config schema: defaults, unknown keys and bad values named with file and line, variants."""
+import json
+
+import pytest
+
+from sgmn import config as cfg
+from sgmn.cli import main
+
+REPO = cfg.REPO_ROOT
+
+
+def test_default_and_smoke_configs_validate_and_fill_defaults():
+    for name in ("default", "smoke"):
+        c = cfg.load_config(REPO / "workflow" / "config" / f"{name}.yaml")
+        assert c["train"]["margin"] == 0.2          # filled from the schema's default
+        assert c["dataset"]["on_bad_line"] == "error"
+        for variant in c["variants"]:
+            cfg.resolve_variant(c, variant)
+
+
+def test_unknown_key_names_file_line_and_allowed_keys(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("model:\n  clip: lpr-tiny-clip\ntrain:\n  steps: 3\n  learning_rate: 0.1\n")
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.load_config(p)
+    msg = str(err.value)
+    assert f"{p}:5" in msg and "train.learning_rate" in msg and "allowed here" in msg and "lr" in msg
+
+
+def test_out_of_range_value_names_file_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  frame_mask_prob: 1.5\n")
+    with pytest.raises(cfg.ConfigError, match=rf"{p}:2: bad value for 'train.frame_mask_prob'"):
+        cfg.load_config(p)
+
+
+def test_bad_enum_value(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("dataset:\n  format: lpr5m\n")
+    with pytest.raises(cfg.ConfigError, match="dataset.format"):
+        cfg.load_config(p)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  steps: [1, 2\n")
+    with pytest.raises(cfg.ConfigError, match=str(p)):
+        cfg.load_config(p)
+
+
+def test_variant_overrides_are_validated(tmp_path):
+    base = cfg.load_config(REPO / "workflow" / "config" / "default.yaml")
+    variants = {"oops": {"overrides": {"train": {"stepz": 1}}}}
+    with pytest.raises(cfg.ConfigError, match="train.stepz"):
+        cfg.resolve_variant(base, "oops", variants)
+    with pytest.raises(cfg.ConfigError, match="unknown variant"):
+        cfg.resolve_variant(base, "nope", variants)
+
+
+def test_variants_file_rejects_unknown_row_keys(tmp_path):
+    p = tmp_path / "variants.yaml"
+    p.write_text("variants:\n  a:\n    overides: {}\n")
+    with pytest.raises(cfg.ConfigError, match=rf"{p}:2: variant 'a' has unknown keys"):
+        cfg.load_variants(p)
+
+
+def test_resolve_config_cli_round_trip(tmp_path):
+    out = tmp_path / "v.json"
+    assert main(["resolve-config", "--config", str(REPO / "workflow/config/smoke.yaml"),
+                 "--variant", "clip_zeroshot", "--out", str(out)]) == 0
+    resolved = json.loads(out.read_text())
+    assert resolved["variant"] == "clip_zeroshot" and resolved["train"]["steps"] == 0
+    assert "seeds" not in resolved and "variants" not in resolved
+    again = cfg.load_config(out)  # a resolved config validates as is
+    assert again == resolved
+
+
+def test_cli_reports_bad_config_with_exit_code_2(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  nope: 1\n")
+    assert main(["resolve-config", "--config", str(p), "--out", str(tmp_path / "x.json")]) == 2
+    assert f"{p}:2: unknown key 'train.nope'" in capsys.readouterr().err

@@ -1,0 +1,164 @@
+"""GRA model, triplet loss, frame masking, the resumable loop and CLIP weight loading."""
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from sgmn.data.datasets import frame_masking
+from sgmn.models.clip import create_clip, save_clip
+from sgmn.models.gra import GRA
+from sgmn.train import loop
+from sgmn.train.losses import vse_triplet
+
+
+def test_vse_triplet_hand_computed():
+    sim = torch.tensor([[0.9, 0.5, 0.1],
+                        [0.3, 0.2, 0.6],
+                        [0.0, 0.1, 0.8]])
+    labels = torch.tensor([0, 1, 2])
+    # video->image hardest negatives: row0 0.5, row1 0.6, row2 0.1
+    # image->video hardest negatives: col0 0.3, col1 0.5, col2 0.6
+    v2i = [max(0, 0.2 + 0.5 - 0.9), max(0, 0.2 + 0.6 - 0.2), max(0, 0.2 + 0.1 - 0.8)]
+    i2v = [max(0, 0.2 + 0.3 - 0.9), max(0, 0.2 + 0.5 - 0.2), max(0, 0.2 + 0.6 - 0.8)]
+    expected = (sum(v2i) + sum(i2v)) / 3
+    assert vse_triplet(sim, labels, 0.2).item() == pytest.approx(expected)
+
+
+def test_vse_triplet_same_product_is_not_a_negative():
+    sim = torch.tensor([[0.9, 0.95], [0.95, 0.9]])
+    assert vse_triplet(sim, torch.tensor([7, 7])).item() == 0.0
+    assert vse_triplet(sim, torch.tensor([7, 8])).item() > 0.0
+
+
+def test_gra_ignores_masked_frames():
+    torch.manual_seed(0)
+    model = GRA(create_clip("lpr-tiny-clip").visual).eval()
+    frames = torch.randn(2, 4, 3, 64, 64)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    v = model.encode_video(frames, mask)
+    frames2 = frames.clone()
+    frames2[0, 2:] = torch.randn(2, 3, 64, 64)  # change only masked frames
+    assert torch.allclose(v, model.encode_video(frames2, mask), atol=1e-6)
+    assert torch.allclose(v.norm(dim=-1), torch.ones(2))
+    alone = model.encode_video(frames[:1, :2], mask[:1, :2])
+    assert torch.allclose(v[:1], alone, atol=1e-5)
+
+
+def test_frame_masking_keeps_a_frame_and_only_drops_real_frames():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(256, 10, dtype=torch.bool)
+    mask[:, 7:] = False
+    out = frame_masking(mask, 1.0, 0.9, g)
+    assert (out.sum(1) >= 1).all() and not (out & ~mask).any()
+    assert (out.sum(1) < 7).any()  # something was dropped
+    tail = frame_masking(mask, 1.0, 0.9, torch.Generator().manual_seed(0), mode="tail")
+    n = tail.sum(1)
+    assert all(tail[b, : n[b]].all() and not tail[b, n[b]:].any() for b in range(256))
+    none = frame_masking(mask, 0.0, 0.9, g)
+    assert torch.equal(none, mask)
+
+
+class _Toy(Dataset):
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(64, 4, generator=g)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def _collate(items):
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def _loss(m, batch, generator):
+    noise = torch.randn(batch["x"].shape, generator=generator) * 0.01
+    return {"mse_loss": ((m(batch["x"] + noise).squeeze(-1) - batch["y"]) ** 2).mean()}
+
+
+def _run(tmp, steps, **kw):
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 1)
+    loop.train(model, _Toy(), _collate, _loss, tmp, steps=steps, batch_size=8, lr=0.05,
+               warmup_steps=2, weight_decay=0.0, seed=3, checkpoint_every=5, config={"a": 1}, **kw)
+    return model
+
+
+def test_resume_follows_the_uninterrupted_trajectory(tmp_path, monkeypatch):
+    full = _run(tmp_path / "full", 20)
+    # interrupted run: crash after the step-10 checkpoint, then rerun to the end
+    calls = {"n": 0}
+
+    def crashing(m, batch, generator):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt
+        return _loss(m, batch, generator)
+
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 1)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(model, _Toy(), _collate, crashing, tmp_path / "cut", steps=20, batch_size=8,
+                   lr=0.05, warmup_steps=2, weight_decay=0.0, seed=3, checkpoint_every=5, config={"a": 1})
+    state = torch.load(tmp_path / "cut" / "ckpt" / "latest.pt", weights_only=False)
+    assert state["step"] == 10
+    resumed = _run(tmp_path / "cut", 20)
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 20
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    _run(tmp_path, 6)
+    model = torch.nn.Linear(4, 1)
+    with pytest.raises(RuntimeError, match="different config"):
+        loop.train(model, _Toy(), _collate, _loss, tmp_path, steps=12, batch_size=8, lr=0.05,
+                   warmup_steps=2, weight_decay=0.0, seed=3, checkpoint_every=5, config={"a": 2})
+
+
+def test_warmup_cosine_schedule():
+    assert loop.warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert loop.warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert loop.warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert loop.warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+
+
+def test_step_batches_are_a_function_of_seed_and_step():
+    s = loop.StepBatchSampler(50, 8, seed=4, start=0, total=20)
+    t = loop.StepBatchSampler(50, 8, seed=4, start=13, total=20)
+    assert list(s)[13:] == list(t)
+    epoch0 = sum(list(s)[:6], [])
+    assert len(set(epoch0)) == 48  # no repeats inside an epoch
+
+
+def test_local_clip_checkpoint_loads_bit_identically(tmp_path):
+    """The path real runs use for ViT-B-32 weights, exercised with a file the test writes."""
+    torch.manual_seed(0)
+    model = create_clip("ViT-B-32", "none")
+    path = tmp_path / "vit_b_32.pt"
+    save_clip(model, path)
+    loaded = create_clip("ViT-B-32", str(path))
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_mismatched_checkpoint_fails_loudly(tmp_path):
+    path = tmp_path / "tiny.pt"
+    save_clip(create_clip("lpr-tiny-clip", "none"), path)
+    with pytest.raises(RuntimeError):
+        create_clip("ViT-B-32", str(path))
+
+
+def test_missing_weights_and_offline_openai_give_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a tag"):
+        create_clip("lpr-tiny-clip", str(tmp_path / "nope.pt"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(RuntimeError, match="model.pretrained"):
+        create_clip("ViT-B-32", "openai")
