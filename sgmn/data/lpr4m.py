@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 FIELDS = ["video_id", "frame_ids", "boxes", "image_id", "title", "category_id", "category_name",
           "asr", "scale_type", "duration_type", "count_type"]
 OPTIONAL_FIELDS = ["spu_id"]
+# header names seen in public helper code, mapped to ours
+HEADER_ALIASES = {"clip_id": "video_id", "frame_list": "frame_ids", "box_list": "boxes",
+                  "image_title": "title", "product_scale_type": "scale_type",
+                  "visible_duration_type": "duration_type", "number_type": "count_type",
+                  "product_number_type": "count_type"}
 UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 CLIP_ID = re.compile(rf"^(?P<live>{UUID})-(?P<start>\d+)-(?P<end>\d+)$")
 
@@ -158,10 +163,11 @@ def read_training(root: str | Path, on_bad_line: str = "error",
             if not line.strip():
                 continue
             if lineno == 1 and line.startswith("video_id\t"):
-                names = [n.strip() for n in line.rstrip("\r\n").split("\t")]
+                names = [HEADER_ALIASES.get(n.strip(), n.strip()) for n in line.rstrip("\r\n").split("\t")]
                 missing = set(FIELDS) - set(names)
                 if missing:
-                    raise AnnotationError(part, 1, f"header lacks fields {sorted(missing)}")
+                    raise AnnotationError(part, 1, f"header lacks fields {sorted(missing)} "
+                                          f"(expected {FIELDS} [+ spu_id])")
                 continue
             try:
                 clips.append(parse_training_line(line, root, part, lineno, names))
