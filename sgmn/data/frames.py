@@ -60,8 +60,8 @@ def read_video(path: str | Path, num: int) -> tuple[list[np.ndarray], int]:
         if n == 0:
             raise FrameReadError(f"{path}: video has no frames")
         frames = reader.get_batch(sample_indices(n, num).tolist()).asnumpy()
-    except decord.DECORDError as err:
-        raise FrameReadError(f"{path}: cannot decode video ({str(err).splitlines()[0]})") from None
+    except (decord.DECORDError, RuntimeError) as err:  # decord raises RuntimeError on open
+        raise FrameReadError(f"{path}: cannot decode video ({str(err).splitlines()[0][:200]})") from None
     return list(frames), n
 
 

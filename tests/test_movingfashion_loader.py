@@ -1,0 +1,70 @@
+"""MovingFashion loader on MF-Synth: mp4 through decord, one global gallery, bad videos."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sgmn.cli import main
+from sgmn.data import movingfashion
+from sgmn.data.datasets import ClipPairDataset, QueryDataset
+from sgmn.data.frames import FrameReadError
+from sgmn.data.records import AnnotationError
+from sgmn.evaluate.run import build_queries, metrics_from_scores
+
+
+@pytest.fixture(scope="module")
+def mf_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mf") / "data"
+    assert main(["synth", "--preset", "smoke", "--format", "movingfashion", "--out", str(out)]) == 0
+    return out
+
+
+def test_training_pairs_decode_mp4(mf_data):
+    clips = movingfashion.read_training(mf_data)
+    assert clips and all(c.video_path.suffix == ".mp4" and c.image_path.exists() for c in clips)
+    item = ClipPairDataset(clips, num_frames=6, image_size=64)[0]
+    assert item["frames"].shape == (6, 3, 64, 64) and item["frame_mask"].all()
+    assert item["asr"] == "" and item["title"] == ""
+
+
+def test_global_gallery_and_several_ground_truths(mf_data):
+    test = movingfashion.read_test(mf_data)
+    index = json.loads((mf_data / "test.json").read_text())
+    assert test.gallery == {"all": sorted(index)}
+    queries = build_queries(test)
+    assert all(q.gallery == tuple(sorted(index)) for q in queries)
+    listed = {}
+    for pid, entry in index.items():
+        for vp in entry["video_paths"]:
+            listed.setdefault(Path(vp).stem, set()).add(pid)
+    assert {q.video_id: set(q.gt) for q in queries} == listed
+    # a perfect score table (every ground truth first) gives 100% at every k
+    rows = [(q.video_id, g, float(g in q.gt)) for q in queries for g in q.gallery]
+    metrics, _ = metrics_from_scores(test, pd.DataFrame(rows, columns=["video_id", "image_id", "score"]))
+    assert metrics["overall"]["R@1"] == 100.0 and metrics["overall"]["n"] == len(queries)
+
+
+def test_truncated_and_missing_mp4_are_reported(mf_data, tmp_path):
+    import shutil
+    data = tmp_path / "mf"
+    shutil.copytree(mf_data, data)
+    test = movingfashion.read_test(data)
+    first, second = test.queries[0].video_path, test.queries[1].video_path
+    first.write_bytes(first.read_bytes()[:200])         # truncated
+    second.unlink()                                      # missing (as one public video is)
+    ds = QueryDataset(test, 6, 64)
+    bad = ds[0]
+    assert not bad["ok"] and str(first) in bad["error"]
+    gone = ds[1]
+    assert not gone["ok"] and f"{second}: file not found" in gone["error"]
+    clips = movingfashion.read_training(data)
+    clips[0].video_path.write_bytes(b"\x00" * 64)
+    with pytest.raises(FrameReadError, match=str(clips[0].video_path)):
+        ClipPairDataset(clips, 6, 64)[0]
+
+
+def test_malformed_index(tmp_path):
+    (tmp_path / "test.json").write_text('{"p1": {"img_path": "imgs/p1.jpg"}}')
+    with pytest.raises(AnnotationError, match="p1: expected img_path and a video_paths list"):
+        movingfashion.read_test(tmp_path)
