@@ -24,7 +24,7 @@ mp4 videos, train.json / test.json; one category of garments, no text). The real
 run on every synthetic experiment.
 
 Determinism: every livestream draws from its own `numpy.random.Generator(PCG64)` seeded by
-`SeedSequence(seed, spawn_key=(split, live))`, and every clip from `(split, live, 1, clip)`, so
+`SeedSequence(seed, spawn_key=(split, live, 0))`, and every clip from `(split, live, 1, clip)`, so
 output bytes depend only on (preset, seed, overrides, format) and not on the order of work or
 the number of worker processes. Ids are UUIDs drawn from these generators; JSON is written with
 sorted keys; JPEGs have a fixed quality; nothing records a time.
@@ -41,6 +41,7 @@ import tempfile
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -63,55 +64,56 @@ class SynthConfig:
     """Every knob of the generator. Ranges are inclusive (lo, hi) and drawn uniformly per clip
     unless the comment says otherwise; magnitudes marked [gap] are multiplied by `gap`."""
     # --- sizes
-    image_size: int = 64                          # side (px) of every frame and shop image; drawn at 2x
-    train_lives: int = 40                         # training livestreams (= shops)
-    train_products: int = 12                      # products per training shop
-    train_clips_per_live: int = 100               # training clips per shop
-    train_frames: tuple[int, int] = (6, 12)       # frames per training clip (1 fps); < 10 exercises padding
-    test_lives: int = 12                          # test livestreams, disjoint from training ones
-    test_products: int = 16                       # products (= gallery size before second views) per test shop
-    test_clips_per_live: int = 34                 # test queries per shop
-    test_frames: int = 10                         # frames per test clip (1 per 3 s), all annotated
-    mf_frames: tuple[int, int] = (16, 24)         # MF-Synth frames per video (10 fps)
+    image_size: int = 64                      # side (px) of frames and shop images; drawn at 2x
+    train_lives: int = 40                     # training livestreams (= shops)
+    train_products: int = 12                  # products per training shop
+    train_clips_per_live: int = 100           # training clips per shop
+    train_frames: tuple[int, int] = (6, 12)   # frames per training clip (1 fps); < 10 exercises padding
+    test_lives: int = 12                      # test livestreams, disjoint from the training ones
+    test_products: int = 16                   # products per test shop (gallery = their images)
+    test_clips_per_live: int = 34             # test queries per shop
+    test_frames: int = 10                     # frames per test clip (1 per 3 s), all annotated
+    mf_train_clips_per_live: int = 40         # MF-Synth training videos per shop (longer than clips)
+    mf_frames: tuple[int, int] = (16, 24)     # MF-Synth frames per video (10 fps)
     # --- shops: near-identical products (dilemma 3)
     categories_per_live: tuple[int, int] = (1, 2)  # focus categories of a shop
-    category_focus: float = 0.85                  # P(product is of a focus category); else any category
-    near_duplicate_rate: float = 0.25             # P(product = copy of a shop product with another badge or trim)
-    second_view_rate: float = 0.3                 # P(test product has a 2nd shop image: rotated, re-cropped)
+    category_focus: float = 0.85              # P(product of a focus category), else any category
+    near_duplicate_rate: float = 0.25         # P(product = a shop product with another badge / trim)
+    second_view_rate: float = 0.3             # P(test product has a 2nd, rotated + re-cropped image)
     # --- distractors (dilemma 1)
-    distractors: tuple[int, int] = (0, 10)        # other shop products in a clip (capped at products - 1)
-    distractor_scale: tuple[float, float] = (0.45, 0.85)  # distractor size relative to the sold product
+    distractors: tuple[int, int] = (0, 10)    # other shop products in a clip (<= products - 1)
+    distractor_scale: tuple[float, float] = (0.45, 0.85)  # their size relative to the sold product
     # --- clip/shop appearance gap (dilemma 2)
-    gap: float = 1.0                              # multiplies every [gap] magnitude; 0 = clip view == shop view
-    scale: tuple[float, float] = (0.22, 0.95)     # sold product's size (silhouette extent / frame side), per clip
-    rotation: float = 35.0                        # [gap] max |in-plane rotation| (deg) of each product
-    shear: float = 0.25                           # [gap] max |affine shear|
-    perspective: float = 0.35                     # [gap] max foreshortening (yaw squash and pitch tilt)
-    flip_rate: float = 0.3                        # [gap] P(product seen mirrored); capped at 1
-    brightness: float = 40.0                      # [gap] max |exposure offset| (0-255 scale)
-    contrast: tuple[float, float] = (0.7, 1.3)    # [gap] contrast factor (deviation from 1 scaled)
-    color_cast: float = 0.15                      # [gap] max |per-channel white-balance gain - 1|
-    blur: tuple[float, float] = (0.0, 1.0)        # [gap] gaussian radius (output px) per clip, x0.6-1.4 per frame
-    motion: float = 0.25                          # [gap] max displacement of the sold product over a clip (frame units)
-    motion_zoom: float = 0.25                     # [gap] max relative size change over a clip
-    motion_rotation: float = 20.0                 # [gap] max rotation change over a clip (deg)
-    shake: float = 0.02                           # [gap] std of per-frame camera shake (frame units)
-    occlusion_rate: float = 0.4                   # P(clip has occlusion events)
-    occluded_frames: tuple[float, float] = (0.1, 0.6)  # fraction of product frames with an event, in such clips
-    occlusion_full_rate: float = 0.5              # P(event hides the product: big hand or out of frame) vs partial hand
-    host_shots: tuple[float, float] = (0.0, 0.8)  # fraction of frames showing only the host: lo + (hi-lo) * u^2
-    min_visible: float = 0.3                      # a product gets a box when >= this fraction of it is visible
-    noise: float = 5.0                            # std of background sensor noise (0-255 scale)
+    gap: float = 1.0                          # multiplies every [gap] magnitude; 0 = no gap
+    scale: tuple[float, float] = (0.22, 0.95)  # sold product's size (extent / frame side) per clip
+    rotation: float = 35.0                    # [gap] max |in-plane rotation| (deg) of each product
+    shear: float = 0.25                       # [gap] max |affine shear|
+    perspective: float = 0.35                 # [gap] max foreshortening (yaw squash, pitch tilt)
+    flip_rate: float = 0.3                    # [gap] P(product seen mirrored); capped at 1
+    brightness: float = 40.0                  # [gap] max |exposure offset| (0-255 scale)
+    contrast: tuple[float, float] = (0.7, 1.3)  # [gap] contrast factor (its deviation from 1 scaled)
+    color_cast: float = 0.15                  # [gap] max |white-balance gain - 1| per channel
+    blur: tuple[float, float] = (0.0, 1.0)    # [gap] gaussian sigma (output px) per clip, x0.6-1.4 per frame
+    motion: float = 0.25                      # [gap] max drift of the sold product over a clip (frame units)
+    motion_zoom: float = 0.25                 # [gap] max relative size change over a clip
+    motion_rotation: float = 20.0             # [gap] max rotation change over a clip (deg)
+    shake: float = 0.02                       # [gap] std of per-frame camera shake (frame units)
+    occlusion_rate: float = 0.4               # P(clip has occlusion events)
+    occluded_frames: tuple[float, float] = (0.1, 0.6)  # in such clips, fraction of frames with one
+    occlusion_full_rate: float = 0.5          # P(event hides it: big hand or out of frame), else partial
+    host_shots: tuple[float, float] = (0.0, 0.7)  # fraction of host-only frames: lo + (hi-lo) * u^2
+    min_visible: float = 0.3                  # a product is boxed when >= this fraction is visible
+    noise: float = 5.0                        # std of background sensor noise (0-255 scale)
     # --- ASR text
-    asr_empty_rate: float = 0.03                  # P(empty ASR)
-    asr_error_rate: float = 0.1                   # P(word is substituted / dropped / followed by an insertion)
-    asr_distractor_rate: float = 0.15             # P(ASR also names a distractor's colour and category)
-    asr_attributes: tuple[int, int] = (1, 4)      # how many of the sold product's attributes are named
+    asr_empty_rate: float = 0.03              # P(empty ASR)
+    asr_error_rate: float = 0.1               # P(word substituted / dropped / followed by an insertion)
+    asr_distractor_rate: float = 0.15         # P(ASR also names a distractor's colour and category)
+    asr_attributes: tuple[int, int] = (1, 4)  # how many of the sold product's attributes are named
     # --- MF-Synth
-    mf_hard_rate: float = 0.3                     # P(product is "hard", source 2): +3 distractors, gap x1.5
-    mf_two_gt_rate: float = 0.05                  # P(test video also listed under its near-duplicate product)
+    mf_hard_rate: float = 0.3                 # P(product is "hard", source 2): +3 distractors, gap x1.5
+    mf_two_gt_rate: float = 0.05              # P(test video also listed under its near-duplicate)
     # --- files
-    jpeg_quality: int = 90                        # quality of every JPEG (fixed: output is byte-reproducible)
+    jpeg_quality: int = 90                    # quality of every JPEG (fixed: bytes are reproducible)
 
 
 _DEFAULT = SynthConfig()
@@ -119,7 +121,7 @@ PRESETS: dict[str, SynthConfig] = {
     # CI: a few seconds end to end.
     "smoke": dataclasses.replace(_DEFAULT, train_lives=3, train_products=6, train_clips_per_live=14,
                                  test_lives=2, test_products=6, test_clips_per_live=10,
-                                 mf_frames=(12, 16)),
+                                 mf_train_clips_per_live=8, mf_frames=(12, 16)),
     # The main CPU experiment: ~4000 training clips, 408 test queries.
     "default": _DEFAULT,
     # For a GPU: 10x the clips of default, more test shops (LPR4M's test set has 110 lives).
@@ -132,7 +134,7 @@ _RATES = ("category_focus", "near_duplicate_rate", "second_view_rate", "flip_rat
           "asr_distractor_rate", "mf_hard_rate", "mf_two_gt_rate")
 _FRACTION_RANGES = ("occluded_frames", "host_shots")
 _POSITIVE_INTS = ("train_lives", "train_products", "train_clips_per_live", "test_lives",
-                  "test_products", "test_clips_per_live", "test_frames")
+                  "test_products", "test_clips_per_live", "test_frames", "mf_train_clips_per_live")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -241,6 +243,7 @@ class Shop:
     palette: tuple[R.RGB, R.RGB]   # studio backdrop colours
     shop_bg: R.RGB                 # plain light background of its shop images
     base_ms: int                   # livestream start time (epoch ms)
+    noise: np.ndarray              # sensor noise tile its clips crop their backgrounds' noise from
     near_twin: dict[int, int]      # product index -> index of a near-duplicate partner
 
 
@@ -272,8 +275,10 @@ def _near_duplicate(src: R.Attributes, rng) -> R.Attributes:
     return dataclasses.replace(src, accent=accent)
 
 
-def make_shop(cfg: SynthConfig, rng: np.random.Generator, split: int, categories: tuple[str, ...]) -> Shop:
-    """A livestream and its products: a few focus categories, some near-identical pairs."""
+def make_shop(cfg: SynthConfig, rng: np.random.Generator, split: int, categories: tuple[str, ...],
+              second_views: bool) -> Shop:
+    """A livestream and its products: a few focus categories, some near-identical pairs, and
+    (with `second_views`, in test shops) some products with a second shop image."""
     live_id = _uuid(rng)
     n_products = cfg.train_products if split == TRAIN else cfg.test_products
     k = min(int(rng.integers(cfg.categories_per_live[0], cfg.categories_per_live[1] + 1)), len(categories))
@@ -291,18 +296,20 @@ def make_shop(cfg: SynthConfig, rng: np.random.Generator, split: int, categories
         for _ in range(20):  # two listings of the very same product would have no right answer
             if attrs not in seen:
                 break
-            attrs = _near_duplicate(attrs, rng)
+            attrs = (_near_duplicate(products[dup_of].attrs, rng) if dup_of is not None
+                     else _new_attributes(cfg, rng, focus, categories))
         seen.add(attrs)
         if dup_of is not None:
             twin.setdefault(i, dup_of)
             twin.setdefault(dup_of, i)
-        second = _uuid(rng) if split == TEST and rng.random() < cfg.second_view_rate else None
+        second = _uuid(rng) if second_views and rng.random() < cfg.second_view_rate else None
         products.append(Product(_uuid(rng), _uuid(rng), second, attrs,
                                 products[dup_of].product_id if dup_of is not None else None))
     palette = tuple(tuple(int(c) for c in rng.integers(40, 230, 3)) for _ in range(2))
     shop_bg = tuple(int(c) for c in rng.integers(232, 252, 3))
     base_ms = 1_660_000_000_000 + int(rng.integers(0, 30_000_000_000))
-    return Shop(live_id, products, palette, shop_bg, base_ms, twin)
+    noise = R.noise_tile(rng, 2 * cfg.image_size, cfg.noise)
+    return Shop(live_id, products, palette, shop_bg, base_ms, noise, twin)
 
 
 # --------------------------------------------------------------------------- clips
@@ -317,8 +324,6 @@ class ClipTruth:
     target_index: list[int]         # per frame, index of the sold product's box or -1
     target: int                     # product index in the shop
     distractors: list[int]
-    asr: str = ""
-    asr_mentions_distractor: bool = False
 
 
 def _host_frames(cfg: SynthConfig, rng, n_frames: int) -> np.ndarray:
@@ -357,36 +362,73 @@ def _occlusion_events(cfg: SynthConfig, rng, product_frames: np.ndarray, boost: 
     return events
 
 
+@dataclass
+class Trajectory:
+    """The sold product's motion over a clip: a base pose, a drift, a zoom, a spin, a wobble."""
+    base: R.Pose
+    start: np.ndarray   # (2,) centre at t = 0
+    move: np.ndarray    # (2,) displacement from t = 0 to t = 1
+    zoom: float         # relative size change from t = 0 to t = 1
+    spin: float         # rotation change (deg) from t = 0 to t = 1
+    phase: np.ndarray   # (2,) phase of a small hand wobble
+
+    @classmethod
+    def sample(cls, cfg: SynthConfig, rng, g: float) -> "Trajectory":
+        size = rng.uniform(*cfg.scale)
+        return cls(base=_random_pose(cfg, rng, g, 0.5, 0.5, size),
+                   start=rng.uniform(0.3, 0.7, 2),
+                   move=rng.uniform(-1, 1, 2) * cfg.motion * g,
+                   zoom=rng.uniform(-1, 1) * cfg.motion_zoom * g,
+                   spin=rng.uniform(-1, 1) * cfg.motion_rotation * g,
+                   phase=rng.uniform(0, 2 * math.pi, 2))
+
+    def at(self, t: float, shake: np.ndarray) -> R.Pose:
+        cx, cy = self.start + self.move * t + 0.015 * np.sin(2 * math.pi * t + self.phase) + shake
+        return dataclasses.replace(self.base, cx=cx, cy=cy, size=self.base.size * (1 + self.zoom * t),
+                                   angle=self.base.angle + self.spin * t)
+
+
+def _apply_event(event: str | None, pose: R.Pose, rng, res: int, skin: R.RGB):
+    """The sold product's pose and the hands in front of it for one frame's occlusion event."""
+    if event == "out":  # the host swings it out of the picture
+        off = 0.5 + 0.75 * pose.size
+        cx, cy = [(0.5 - off, pose.cy), (0.5 + off, pose.cy), (pose.cx, 0.5 - off),
+                  (pose.cx, 0.5 + off)][int(rng.integers(4))]
+        return dataclasses.replace(pose, cx=cx, cy=cy), []
+    if event == "hand_full":
+        return pose, [R.Occluder(pose.cx * res, pose.cy * res, 0.8 * pose.size * res, skin)]
+    if event == "hand_partial":  # a hand over one side of it
+        a = rng.uniform(0, 2 * math.pi)
+        r = rng.uniform(0.25, 0.45) * pose.size * res
+        return pose, [R.Occluder((pose.cx + 0.45 * pose.size * math.cos(a)) * res,
+                                 (pose.cy + 0.45 * pose.size * math.sin(a)) * res, r, skin)]
+    return pose, []
+
+
 def simulate_clip(cfg: SynthConfig, shop: Shop, sprites: list[R.Sprite], rng: np.random.Generator,
                   clip_id: str, n_frames: int, target: int, hard: bool = False) -> ClipTruth:
     """Render one clip selling product `target` of `shop`, with the boxes of every product."""
     res = 2 * cfg.image_size
     n_products = len(shop.products)
     g = cfg.gap * (1.5 if hard else 1.0)
-    lo, hi = cfg.distractors
-    n_dis = min(int(rng.integers(lo, hi + 1)) + (3 if hard else 0), n_products - 1)
+    n_dis = min(int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1)) + (3 if hard else 0),
+                n_products - 1)
     others = [i for i in range(n_products) if i != target]
     distractors = [others[i] for i in rng.choice(len(others), size=n_dis, replace=False)]
-    members = distractors + [target]              # back to front: the host holds the sold one up
-    slot = rng.permutation(len(members))          # order of boxes in a frame, random per clip
+    n_members = n_dis + 1
+    slot = rng.permutation(n_members)  # order of boxes within a frame, random per clip
+    target_slot = int(slot[-1])        # members are distractors then the target, back to front
 
-    # sold product: base pose plus a smooth trajectory over the clip
-    size = rng.uniform(*cfg.scale)
-    start = rng.uniform(0.3, 0.7, 2)
-    move = rng.uniform(-1, 1, 2) * cfg.motion * g
-    zoom = rng.uniform(-1, 1) * cfg.motion_zoom * g
-    spin = rng.uniform(-1, 1) * cfg.motion_rotation * g
-    wobble_phase = rng.uniform(0, 2 * math.pi, 2)
-    base = _random_pose(cfg, rng, g, 0.5, 0.5, size)
-    dis_poses = [_random_pose(cfg, rng, g, *rng.uniform(0.08, 0.92, 2),
-                              size * rng.uniform(*cfg.distractor_scale)) for _ in distractors]
-
+    path = Trajectory.sample(cfg, rng, g)
+    # Distractors stand still on the table: warp each once, then move it with the camera shake.
+    dis_placed = [R.place(sprites[i], _random_pose(cfg, rng, g, *rng.uniform(0.08, 0.92, 2),
+                                                   path.base.size * rng.uniform(*cfg.distractor_scale)),
+                          res, margin=res // 4) for i in distractors]
     host = _host_frames(cfg, rng, n_frames)
     events = _occlusion_events(cfg, rng, np.flatnonzero(~host), 1.5 if hard else 1.0)
     skin = R.SKIN[int(rng.integers(len(R.SKIN)))]
-    noise = R.noise_tile(rng, res, cfg.noise)
-    bg = R.background(rng, res, shop.palette, noise, close_host=False)
-    bg_host = R.background(rng, res, shop.palette, noise, close_host=True) if host.any() else None
+    bg = R.background(rng, res, shop.palette, shop.noise, close_host=False)
+    bg_host = R.background(rng, res, shop.palette, shop.noise, close_host=True) if host.any() else None
     lut = R.illumination_lut(brightness=rng.uniform(-1, 1) * cfg.brightness * g,
                              contrast=1.0 + (rng.uniform(*cfg.contrast) - 1.0) * g,
                              cast=1.0 + rng.uniform(-1, 1, 3) * cfg.color_cast * g)
@@ -397,37 +439,18 @@ def simulate_clip(cfg: SynthConfig, shop: Shop, sprites: list[R.Sprite], rng: np
         shake = rng.normal(0, cfg.shake * g, 2)
         frame_blur = blur * rng.uniform(0.6, 1.4)
         if host[f]:
-            img, slot_boxes = bg_host, [None] * len(members)
+            img, slot_boxes = bg_host, [None] * n_members
         else:
-            t = f / max(1, n_frames - 1)
-            cx, cy = start + move * t + 0.015 * np.sin(2 * math.pi * t + wobble_phase) + shake
-            pose = dataclasses.replace(base, cx=cx, cy=cy, size=size * (1 + zoom * t),
-                                       angle=base.angle + spin * t)
-            occluders = []
-            event = events.get(f)
-            if event == "out":  # the host swings it out of the picture
-                side = rng.integers(4)
-                off = 0.5 + 0.75 * pose.size
-                cx, cy = [(-off + 0.5, cy), (off + 0.5, cy), (cx, -off + 0.5), (cx, off + 0.5)][side]
-                pose = dataclasses.replace(pose, cx=cx, cy=cy)
-            elif event == "hand_full":
-                occluders.append(R.Occluder(pose.cx * res, pose.cy * res, 0.8 * pose.size * res, skin))
-            elif event == "hand_partial":
-                a = rng.uniform(0, 2 * math.pi)
-                r = rng.uniform(0.25, 0.45) * pose.size * res
-                occluders.append(R.Occluder((pose.cx + 0.45 * pose.size * math.cos(a)) * res,
-                                            (pose.cy + 0.45 * pose.size * math.sin(a)) * res, r, skin))
-            items = []
-            for k, idx in enumerate(members):
-                p = pose if idx == target else dataclasses.replace(
-                    dis_poses[k], cx=dis_poses[k].cx + shake[0], cy=dis_poses[k].cy + shake[1])
-                items.append((int(slot[k]), R.place(sprites[idx], p, res)))
-            img, slot_boxes = R.compose(bg, items, occluders, cfg.min_visible, len(members))
+            pose = path.at(f / max(1, n_frames - 1), shake)
+            pose, hands = _apply_event(events.get(f), pose, rng, res, skin)
+            dx, dy = (int(v) for v in np.rint(shake * res))
+            items = [(int(slot[k]), R.shifted(pl, dx, dy)) for k, pl in enumerate(dis_placed)]
+            items.append((target_slot, R.place(sprites[target], pose, res)))
+            img, slot_boxes = R.compose(bg, items, hands, cfg.min_visible, n_members)
         frames.append(R.finish(img, cfg.image_size, lut, frame_blur))
-        visible = [s for s in range(len(members)) if slot_boxes[s] is not None]
+        visible = [s for s in range(n_members) if slot_boxes[s] is not None]
         boxes.append([slot_boxes[s] for s in visible])
-        tslot = int(slot[len(members) - 1])
-        target_index.append(visible.index(tslot) if tslot in visible else -1)
+        target_index.append(visible.index(target_slot) if target_slot in visible else -1)
     frame_ids = [f"{clip_id}-{f:04d}" for f in range(n_frames)]
     return ClipTruth(clip_id, frame_ids, frames, boxes, target_index, target, distractors)
 
@@ -481,8 +504,29 @@ def _save_jpeg(img, path: Path, quality: int) -> None:
     img.save(path, format="JPEG", quality=quality)
 
 
+def _rgb_to_yuv420p(img) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 as PyAV's planar layout: (1.5 H, W) uint8.
+
+    Done here rather than by swscale: encoding `VideoFrame.from_image` frames gave bytes that
+    varied from run to run.
+    """
+    rgb = np.asarray(img, np.float32)                                  # (H, W, 3)
+    h, w = rgb.shape[:2]
+    y = 16 + rgb @ np.array([65.481, 128.553, 24.966], np.float32) / 255
+    c = rgb.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))         # (H/2, W/2, 3)
+    u = 128 + c @ np.array([-37.797, -74.203, 112.0], np.float32) / 255
+    v = 128 + c @ np.array([112.0, -93.786, -18.214], np.float32) / 255
+    planes = [y.ravel(), u.ravel(), v.ravel()]
+    out = np.concatenate([np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in planes])
+    return out.reshape(h * 3 // 2, w)
+
+
 def _write_mp4(frames, path: Path) -> None:
-    """H.264 yuv420p, one thread and fixed options, so bytes are reproducible."""
+    """H.264 yuv420p, one thread, constant quantiser, so the bytes are reproducible.
+
+    (x264's CRF rate control - its macroblock tree - gave run-to-run byte differences that
+    depended on the process's memory history; constant QP has none.)
+    """
     import av  # only MF-Synth needs PyAV
 
     with av.open(str(path), mode="w", format="mp4") as container:
@@ -490,12 +534,21 @@ def _write_mp4(frames, path: Path) -> None:
         stream.width, stream.height = frames[0].width, frames[0].height
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
-        stream.options = {"crf": "20", "preset": "veryfast", "threads": "1"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_image(img)):
+        stream.options = {"qp": "20", "preset": "veryfast", "threads": "1"}
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(img), format="yuv420p")
+            frame.pts = i  # explicit timestamps: rate control and muxer see a fixed stream
+            frame.time_base = Fraction(1, MF_FPS)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def _clips_per_live(cfg: SynthConfig, split: int, mf: bool) -> int:
+    if split == TEST:
+        return cfg.test_clips_per_live
+    return cfg.mf_train_clips_per_live if mf else cfg.train_clips_per_live
 
 
 def _category_id(name: str) -> int:
@@ -506,10 +559,12 @@ def run_live(job: LiveJob, tick=None) -> LiveResult:
     """Generate one livestream: its shop images, its clips (frames or videos), its annotations."""
     cfg, root, mf = job.cfg, Path(job.root), job.fmt == "movingfashion"
     shop_rng = _seed(job.seed, job.split, job.index, 0)
-    shop = make_shop(cfg, shop_rng, job.split, R.GARMENTS if mf else R.CATEGORIES)
+    # MovingFashion has one image per product; LPR4M test shops have several per product
+    shop = make_shop(cfg, shop_rng, job.split, R.GARMENTS if mf else R.CATEGORIES,
+                     second_views=job.split == TEST and not mf)
     sprites = [R.make_sprite(p.attrs, 2 * cfg.image_size) for p in shop.products]
     test = job.split == TEST
-    n_clips = cfg.test_clips_per_live if test else cfg.train_clips_per_live
+    n_clips = _clips_per_live(cfg, job.split, mf)
     res = LiveResult(n_clips)
     hard = [bool(shop_rng.random() < cfg.mf_hard_rate) for _ in shop.products] if mf else None
 
@@ -542,7 +597,8 @@ def run_live(job: LiveJob, tick=None) -> LiveResult:
         else:
             n_frames = cfg.test_frames if test else int(rng.integers(*cfg.train_frames, endpoint=True))
         start = shop.base_ms + c * CLIP_SLOT_MS + int(rng.integers(0, CLIP_SLOT_MS // 4))
-        end = start + n_frames * (TEST_FRAME_MS if test else TRAIN_FRAME_MS)
+        frame_ms = 1000 // MF_FPS if mf else TEST_FRAME_MS if test else TRAIN_FRAME_MS
+        end = start + n_frames * frame_ms
         clip_id = f"{shop.live_id}-{start}-{end}"
         truth = simulate_clip(cfg, shop, sprites, rng, clip_id, n_frames, target,
                               hard=bool(mf and hard[target]))
@@ -647,7 +703,7 @@ def _build(cfg: SynthConfig, preset: str, seed: int, fmt: str, root: Path, progr
         (root / d).mkdir()
     jobs = [LiveJob(cfg, seed, TRAIN, i, fmt, str(root)) for i in range(cfg.train_lives)]
     jobs += [LiveJob(cfg, seed, TEST, i, fmt, str(root)) for i in range(cfg.test_lives)]
-    total = cfg.train_lives * cfg.train_clips_per_live + cfg.test_lives * cfg.test_clips_per_live
+    total = sum(_clips_per_live(cfg, job.split, mf) for job in jobs)
     desc = f"{'MF' if mf else 'LPR'}-Synth {preset} seed {seed}"
     with tqdm(total=total, unit="clip", desc=desc, file=sys.stderr, disable=not progress) as bar:
         if workers <= 1:
