@@ -25,6 +25,14 @@ def test_vse_triplet_hand_computed():
     assert vse_triplet(sim, labels, 0.2).item() == pytest.approx(expected)
 
 
+def test_vse_triplet_all_negatives_hand_computed():
+    sim = torch.tensor([[0.9, 0.5], [0.3, 0.2]])
+    # v0: hinge(0.2+0.5-0.9)=0; v1: hinge(0.2+0.3-0.2)=0.3; i0: hinge(0.2+0.3-0.9)=0; i1: 0.2+0.5-0.2=0.5
+    assert vse_triplet(sim, torch.tensor([0, 1]), 0.2, hardest=False).item() == pytest.approx((0.3 + 0.5) / 2)
+    sim3 = torch.tensor([[0.9, 0.5, 0.1], [0.3, 0.2, 0.6], [0.0, 0.1, 0.8]])
+    assert vse_triplet(sim3, torch.tensor([0, 1, 2]), 0.2, hardest=False) < vse_triplet(sim3, torch.tensor([0, 1, 2]), 0.2)
+
+
 def test_vse_triplet_same_product_is_not_a_negative():
     sim = torch.tensor([[0.9, 0.95], [0.95, 0.9]])
     assert vse_triplet(sim, torch.tensor([7, 7])).item() == 0.0

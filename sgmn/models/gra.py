@@ -20,6 +20,7 @@ class GRA(nn.Module):
         super().__init__()
         self.visual = visual  # open_clip VisionTransformer: (n, 3, H, W) -> (n, D) projected CLS
         self.margin = margin
+        self.hardest_negatives = True  # the trainer may warm up with all negatives first
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(images), dim=-1)                    # (B, D)
@@ -48,5 +49,5 @@ class GRA(nn.Module):
     def forward(self, batch: dict) -> dict:
         v = self.encode_video(batch["frames"], batch["frame_mask"])        # (B, D)
         i = self.encode_image(batch["image"])                              # (B, D)
-        loss = vse_triplet(v @ i.T, batch["product"], self.margin)
+        loss = vse_triplet(v @ i.T, batch["product"], self.margin, self.hardest_negatives)
         return {"similarity_loss": loss}

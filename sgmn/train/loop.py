@@ -116,6 +116,7 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
     step = start
     for step, batch in enumerate(loader, start=start):
         batch = to_device(batch, dev)
+        batch["step"] = step
         with autocast:
             out = loss_fn(model, batch, step_generator(seed, step))
         loss = sum(v for k, v in out.items() if k.endswith("_loss"))

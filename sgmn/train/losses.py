@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 
-def vse_triplet(sim: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+def vse_triplet(sim: torch.Tensor, labels: torch.Tensor, margin: float = 0.2,
+                hardest: bool = True) -> torch.Tensor:
     """VSE++ max-of-hinges triplet loss over a (B, B) video x image similarity matrix.
 
     Row b pairs video b with its image b (the diagonal). For each direction the hardest
@@ -15,6 +16,11 @@ def vse_triplet(sim: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) ->
     """
     pos = sim.diagonal()                                                   # (B,)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)                      # (B, B)
+    if not hardest:
+        hinge_v2i = (margin + sim - pos.unsqueeze(1)).clamp(min=0).masked_fill(same, 0)  # (B, B)
+        hinge_i2v = (margin + sim - pos.unsqueeze(0)).clamp(min=0).masked_fill(same, 0)
+        n_neg = (~same).sum(1).clamp(min=1)
+        return (hinge_v2i.sum(1) / n_neg + hinge_i2v.sum(0) / n_neg).mean()
     neg = sim.masked_fill(same, float("-inf"))
     hardest_image = neg.max(dim=1).values                                  # per video (B,)
     hardest_video = neg.max(dim=0).values                                  # per image (B,)

@@ -52,6 +52,7 @@ def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str |
              len(dataset.product_ids), len(skipped))
 
     def loss_fn(m, batch, generator):
+        m.hardest_negatives = batch["step"] >= tcfg["triplet_warmup_steps"]
         batch["frame_mask"] = frame_masking(batch["frame_mask"].cpu(), tcfg["frame_mask_prob"],
                                             tcfg["frame_mask_max_ratio"], generator
                                             ).to(batch["frame_mask"].device)
