@@ -122,12 +122,19 @@ def test_resume_follows_the_uninterrupted_trajectory(tmp_path, monkeypatch):
     assert steps[-1] == 20
 
 
-def test_resume_refuses_a_different_config(tmp_path):
-    _run(tmp_path, 6)
-    model = torch.nn.Linear(4, 1)
-    with pytest.raises(RuntimeError, match="different config"):
-        loop.train(model, _Toy(), _collate, _loss, tmp_path, steps=12, batch_size=8, lr=0.05,
-                   warmup_steps=2, weight_decay=0.0, seed=3, checkpoint_every=5, config={"a": 2})
+def test_checkpoint_of_another_config_is_set_aside(tmp_path):
+    ckpt = tmp_path / "ckpt" / "latest.pt"
+    ckpt.parent.mkdir(parents=True)
+    other = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(other.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    loop._checkpoint(ckpt, other, opt, sched, 5, {"a": 2})
+    fresh = _run(tmp_path / "fresh", 12)
+    restarted = _run(tmp_path, 12)  # config {"a": 1}: must not resume the {"a": 2} state
+    assert (tmp_path / "ckpt" / "latest.stale.pt").exists()
+    for a, b in zip(fresh.parameters(), restarted.parameters()):
+        assert torch.equal(a, b)
+    assert not ckpt.exists()  # a finished run leaves no checkpoint to resume
 
 
 def test_warmup_cosine_schedule():

@@ -5,19 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sgmn.cli import main
 from sgmn.data import movingfashion
 from sgmn.data.datasets import ClipPairDataset, QueryDataset
 from sgmn.data.frames import FrameReadError
 from sgmn.data.records import AnnotationError
 from sgmn.evaluate.run import build_queries, metrics_from_scores
-
-
-@pytest.fixture(scope="module")
-def mf_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mf") / "data"
-    assert main(["synth", "--preset", "smoke", "--format", "movingfashion", "--out", str(out)]) == 0
-    return out
 
 
 def test_training_pairs_decode_mp4(mf_data):

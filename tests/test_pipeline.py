@@ -17,13 +17,6 @@ from sgmn.evaluate.run import build_queries
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth") / "data"
-    assert main(["synth", "--preset", "smoke", "--seed", "0", "--out", str(out)]) == 0
-    return out
-
-
 def test_synth_round_trips_through_the_lpr4m_loader(smoke_data):
     clips = lpr4m.read_training(smoke_data)
     n_lines = sum(len(p.read_text(encoding="utf-8").splitlines())

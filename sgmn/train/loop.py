@@ -100,7 +100,6 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
     start = 0
     if ckpt_path.exists():
         start = _resume(ckpt_path, model, opt, sched, config)
-        log.info("resumed from %s at step %d", ckpt_path, start)
     if start >= steps:
         return model
 
@@ -142,6 +141,7 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
     bar.close()
     log_file.close()
     log.info("trained %d steps in %.1f s", steps - start, time.time() - t0)
+    ckpt_path.unlink(missing_ok=True)  # the run is complete: a rerun must not resume it
     return model
 
 
@@ -152,10 +152,15 @@ def _checkpoint(path: Path, model, opt, sched, step: int, config: dict | None) -
 
 
 def _resume(path: Path, model, opt, sched, config: dict | None) -> int:
+    """Restore a checkpoint of the same config; one of another config is set aside."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     if config is not None and state.get("config") != config:
-        raise RuntimeError(f"{path} was written by a different config; delete {path.parent} to "
-                           f"start over, or restore the config it was made with")
+        stale = path.with_suffix(".stale.pt")
+        path.replace(stale)
+        log.warning("%s was written by a different config: moved to %s, starting from step 0",
+                    path, stale)
+        return 0
+    log.info("resuming from %s at step %d", path, state["step"])
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
