@@ -2,6 +2,8 @@ rule evaluate:
     input:
         checkpoint="results/{ds}/runs/{variant}/seed{seed}/final.pt",
         data=get_data_dir,
+        # the config too, so that a config change reaches the metrics even when final.pt is gone
+        config="results/{ds}/configs/{variant}.json",
     output:
         metrics="results/{ds}/runs/{variant}/seed{seed}/metrics.json",
         scores="results/{ds}/runs/{variant}/seed{seed}/scores.parquet",
