@@ -58,7 +58,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert set(metrics["subsets"]) == {"scale", "duration", "count"}
     assert metrics["provenance"]["git"]["commit"] and metrics["provenance"]["versions"]["torch"]
     assert metrics["provenance"]["config"]["variant"] == "gra_only" and metrics["provenance"]["seed"] == 0
-    for rule in ("synth", "pretrain_clip", "train", "evaluate"):
+    for rule in ("synth", "resolve_config", "pretrain_clip", "train", "evaluate", "summarize"):
         assert list((tmp_path / "logs" / rule).rglob("*.log")), rule
         assert list((tmp_path / "benchmarks" / rule).rglob("*.tsv")), rule
 

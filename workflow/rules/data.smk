@@ -28,6 +28,8 @@ rule resolve_config:
         config=get_variant_json,
     log:
         "logs/resolve_config/{ds}/{variant}.log",
+    benchmark:
+        "benchmarks/resolve_config/{ds}/{variant}.tsv"
     localrule: True
     shell:
         "sgmn resolve-config --json {params.config:q} --out {output} > {log} 2>&1"

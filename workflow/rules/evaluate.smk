@@ -29,6 +29,8 @@ rule summarize:
         "results/{ds}/summary.csv",
     log:
         "logs/summarize/{ds}.log",
+    benchmark:
+        "benchmarks/summarize/{ds}.tsv"
     localrule: True
     shell:
         "sgmn summarize --metrics {input} --out {output} > {log} 2>&1"
