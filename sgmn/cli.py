@@ -49,9 +49,7 @@ def cmd_resolve_config(args) -> None:
     if args.json:
         resolved = json.loads(args.json)
         variant = resolved.pop("variant", args.variant)
-        resolved = cfg.validate(cfg.strip_run_keys(resolved), "--json")
-        for key in ("variants", "seeds"):
-            resolved.pop(key, None)
+        resolved = cfg.without_run_matrix(cfg.validate(cfg.strip_run_keys(resolved), "--json"))
         resolved["variant"] = variant
     else:
         base = cfg.load_config(args.config)

@@ -18,6 +18,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 VARIANTS_PATH = REPO_ROOT / "workflow" / "config" / "variants.yaml"
+RUN_MATRIX_KEYS = ("variants", "seeds", "variants_file")  # the DAG's keys, not one run's config
 
 
 class ConfigError(ValueError):
@@ -125,8 +126,7 @@ def load_config(path: str | Path) -> dict:
     run_keys = {k: data[k] for k in ("variant", "seed") if k in data}
     config = validate(strip_run_keys(data), str(path), lines)
     if "variant" in run_keys:  # a resolved variant config carries no run-matrix keys
-        for key in ("variants", "seeds"):
-            config.pop(key)
+        config = without_run_matrix(config)
     return {**config, **run_keys}
 
 
@@ -141,8 +141,19 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def without_run_matrix(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RUN_MATRIX_KEYS}
+
+
 def load_variants(path: str | Path = VARIANTS_PATH) -> dict[str, dict]:
-    """The ablation matrix: variant id -> {description, paper, overrides}."""
+    """The ablation matrix: variant id -> {description, paper, overrides}.
+
+    A relative path that does not exist from the working directory is taken relative to the
+    suite's checkout (so `snakemake --directory elsewhere` finds the default matrix).
+    """
+    path = Path(path)
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
     data, lines = load_yaml(path)
     variants = data.get("variants")
     if not isinstance(variants, dict) or not variants:
@@ -171,8 +182,7 @@ def resolve_variant(config: dict, variant: str, variants: dict[str, dict] | None
     merged.pop("variants", None)
     merged.pop("seeds", None)
     resolved = validate(merged, f"{variants_path} (variant '{variant}')")
-    for key in ("variants", "seeds"):  # run-matrix keys, not part of one run's config
-        resolved.pop(key)
+    resolved = without_run_matrix(resolved)
     resolved["variant"] = variant
     return resolved
 

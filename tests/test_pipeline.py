@@ -1,5 +1,6 @@
 """End to end: LPR-Synth through the real loaders, and the smoke DAG through Snakemake."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from sgmn.cli import main
 from sgmn.data import lpr4m
@@ -73,3 +75,25 @@ def test_smoke_dag_end_to_end(tmp_path):
     # nothing left to do; changing one variant's config reruns only that variant
     plan = _snakemake(tmp_path, "-n")
     assert "Nothing to be done" in plan.stdout + plan.stderr
+    variants = yaml.safe_load((REPO / "workflow/config/variants.yaml").read_text())
+    variants["variants"]["clip_zeroshot"]["overrides"]["evaluate"] = {"batch_size": 3}
+    changed = tmp_path / "variants_changed.yaml"
+    changed.write_text(yaml.safe_dump(variants))
+    plan = _snakemake(tmp_path, "-n", "--config", f"variants_file={changed}")
+    ran = _planned_jobs(plan.stdout)
+    assert {rule for rule, _ in ran} == {"resolve_config", "train", "evaluate", "summarize", "all"}, ran
+    assert all("variant=clip_zeroshot" in wc for rule, wc in ran if rule in ("resolve_config", "train", "evaluate")), ran
+
+
+def _planned_jobs(plan: str) -> set[tuple[str, str]]:
+    """(rule, wildcards) of each job in a `snakemake -n` plan."""
+    jobs, rule, wildcards = set(), None, ""
+    for line in plan.splitlines() + [""]:
+        header = re.match(r"^(?:local)?rule (\w+):", line)
+        if header or not line.strip():
+            if rule:
+                jobs.add((rule, wildcards))
+            rule, wildcards = (header.group(1), "") if header else (None, "")
+        elif rule and line.strip().startswith("wildcards:"):
+            wildcards = line.strip()
+    return jobs

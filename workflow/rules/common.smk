@@ -8,8 +8,11 @@ from sgmn.config import load_variants, resolve_variant
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
-VARIANTS = load_variants()
-RESOLVED = {v: resolve_variant(config, v, VARIANTS) for v in config["variants"]}
+VARIANTS = load_variants(config["variants_file"])
+RESOLVED = {
+    v: resolve_variant(config, v, VARIANTS, config["variants_file"])
+    for v in config["variants"]
+}
 SEEDS = config["seeds"]
 
 wildcard_constraints:

@@ -16,6 +16,8 @@ rule synth:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/sgmn.yaml"
     shell:
         "sgmn synth --preset {params.preset} --seed {params.seed} --format {params.format}"
         " {params.knobs} --out {output} > {log} 2>&1"
@@ -31,5 +33,7 @@ rule resolve_config:
     benchmark:
         "benchmarks/resolve_config/{ds}/{variant}.tsv"
     localrule: True
+    conda:
+        "../envs/tables.yaml"
     shell:
         "sgmn resolve-config --json {params.config:q} --out {output} > {log} 2>&1"

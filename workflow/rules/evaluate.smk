@@ -16,6 +16,8 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
+    conda:
+        "../envs/sgmn.yaml"
     shell:
         "sgmn evaluate --data {input.data} --checkpoint {input.checkpoint} --out {output.metrics}"
         " --scores-out {output.scores} --per-query-out {output.per_query} --threads {threads}"
@@ -32,5 +34,7 @@ rule summarize:
     benchmark:
         "benchmarks/summarize/{ds}.tsv"
     localrule: True
+    conda:
+        "../envs/tables.yaml"
     shell:
         "sgmn summarize --metrics {input} --out {output} > {log} 2>&1"

@@ -14,6 +14,8 @@ rule pretrain_clip:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/sgmn.yaml"
     shell:
         "(sgmn resolve-config --json {params.config:q} --variant pretrain --out {output.config}"
         " && sgmn pretrain-clip --config {output.config} --data {input.data}"

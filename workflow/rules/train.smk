@@ -16,6 +16,8 @@ rule train:
     resources:
         mem_mb=6000,
         runtime=120,
+    conda:
+        "../envs/sgmn.yaml"
     shell:
         "sgmn train --config {input.config} --seed {wildcards.seed} --data {input.data}"
         " --clip-weights {params.clip} --out $(dirname {output}) --threads {threads} > {log} 2>&1"
