@@ -188,3 +188,21 @@ def test_missing_test_file_is_named(data):
     next(data.glob("test_image_title_*.txt")).unlink()
     with pytest.raises(FileNotFoundError, match="test_image_title_"):
         lpr4m.read_test(data)
+
+
+def test_missing_gallery_image_is_reported_and_ranked_last(data):
+    from sgmn.evaluate.run import evaluate_model
+    from sgmn.models.clip import create_clip
+    from sgmn.models.gra import GRA
+
+    (data / "images" / f"{G1a}.jpg").unlink()
+    model = GRA(create_clip("lpr-tiny-clip").visual)
+    config = {"dataset": {"format": "lpr4m"}, "model": {"image_size": 64, "num_frames": 4},
+              "evaluate": {"batch_size": 4}}
+    scores, metrics, per_query = evaluate_model(model, config, data)
+    assert G1a not in set(scores["image_id"])
+    assert "file not found" in metrics["gallery_errors"][G1a]
+    assert metrics["missing_gallery_scores"] == 2          # Q1 and Q2 rank against L1's gallery
+    ranks = per_query.set_index("video_id")["rank"]
+    assert ranks[Q1] == 5                                  # its only ground truth, unscored, is last
+    assert metrics["overall"]["n"] == 3 and metrics["n_misses"] == 0
