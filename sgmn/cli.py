@@ -3,6 +3,7 @@
     sgmn synth --preset default --seed 0 --out results/lpr_synth/data
     sgmn resolve-config --config workflow/config/default.yaml --variant gra_only --out cfg.json
     sgmn pretrain-clip --config cfg.json --data DIR --out clip.pt
+    sgmn text-features --config cfg.json --data DIR --clip-weights clip.pt --out TEXT_DIR
     sgmn train --config cfg.json --seed 0 --data DIR --clip-weights clip.pt --out RUN_DIR
     sgmn evaluate --data DIR --checkpoint RUN_DIR/final.pt --out metrics.json --scores-out scores.parquet
     sgmn evaluate --data DIR --scores scores.parquet --out metrics.json   # recompute from a table
@@ -69,6 +70,13 @@ def cmd_pretrain_clip(args) -> None:
     pretrain(_load_run_config(args.config), args.data, args.out)
 
 
+def cmd_text_features(args) -> None:
+    from sgmn.text.features import build_text_features
+    _set_threads(args.threads)
+    out = build_text_features(_load_run_config(args.config), args.data, args.clip_weights, args.out)
+    log.info("wrote %s", out)
+
+
 def _set_threads(n: int) -> None:
     if n > 0:
         import torch
@@ -76,10 +84,22 @@ def _set_threads(n: int) -> None:
 
 
 def cmd_train(args) -> None:
+    """Also under `torchrun --standalone --nproc_per_node N -m sgmn.cli train ...` (data parallel)."""
+    from sgmn.train import distributed
     from sgmn.train.retrieval import train_run
-    _set_threads(args.threads)
-    config = _load_run_config(args.config)
-    final = train_run(config, args.seed, args.data, args.clip_weights, args.out)
+    rank, world_size, _ = distributed.init_from_env()  # (0, 1, 0) without torchrun
+    if rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs for the run
+    try:
+        _set_threads(args.threads)
+        config = _load_run_config(args.config)
+        processes = config["train"].get("processes", 1)
+        if processes != world_size:
+            log.warning("train.processes is %d but %d process(es) run: the global batch and the "
+                        "results are the same, only the speed differs", processes, world_size)
+        final = train_run(config, args.seed, args.data, args.clip_weights, args.out, args.text_features)
+    finally:
+        distributed.shutdown()
     log.info("wrote %s", final)
 
 
@@ -112,7 +132,11 @@ def cmd_evaluate(args) -> None:
         if args.format:
             config["dataset"]["format"] = args.format
         _set_threads(args.threads)
-        scores, metrics, per_query = evaluate_model(model, config, data)
+        text_store = None
+        if args.text_features:
+            from sgmn.text.features import TextFeatures
+            text_store = TextFeatures.load(args.text_features)
+        scores, metrics, per_query = evaluate_model(model, config, data, text_store)
         metrics["provenance"] = provenance(config, state.get("seed"))
         metrics["provenance"]["checkpoint"] = str(args.checkpoint)
         metrics["provenance"]["trained_with"] = state.get("provenance", {}).get("git")
@@ -174,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_pretrain_clip)
 
+    s = sub.add_parser("text-features", help="encode every ASR text and title once with the frozen text encoder")
+    s.add_argument("--config", required=True, help="resolved config (JSON) or config YAML (text.*, model.clip)")
+    s.add_argument("--data", required=True, help="dataset root")
+    s.add_argument("--clip-weights", default="none",
+                   help="weights of the CLIP text tower (text.encoder clip): a local state dict, 'openai', or 'none'")
+    s.add_argument("--out", required=True, help="cache directory (features.npy, keys.npy, meta.json)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.set_defaults(func=cmd_text_features)
+
     s = sub.add_parser("train", help="train one (variant, seed) run; resumes from OUT/ckpt/latest.pt")
     s.add_argument("--config", required=True, help="resolved config (JSON) or config YAML")
     s.add_argument("--seed", type=int, required=True)
@@ -181,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clip-weights", default="none",
                    help="CLIP init: a local state dict, 'openai', or 'none' (random)")
     s.add_argument("--out", required=True, help="run directory (final.pt, train_log.jsonl, params.json)")
+    s.add_argument("--text-features", help="text feature cache (the text_features step); needed when sgmn.te")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_train)
 
@@ -192,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="metrics JSON")
     s.add_argument("--scores-out", help="where to save the score table (Parquet or CSV)")
     s.add_argument("--per-query-out", help="per-query ranks and hits (for paired tests)")
+    s.add_argument("--text-features", help="text feature cache; needed by a model with sgmn.te")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_evaluate)
 

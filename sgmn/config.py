@@ -15,10 +15,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from sgmn.fidelity import apply_fidelity
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 VARIANTS_PATH = REPO_ROOT / "workflow" / "config" / "variants.yaml"
-RUN_MATRIX_KEYS = ("variants", "seeds", "variants_file")  # the DAG's keys, not one run's config
+RUN_MATRIX_KEYS = ("variants", "seeds", "seeds_by_variant", "variants_file")  # the DAG's keys, not one run's config
 
 
 class ConfigError(ValueError):
@@ -124,7 +126,7 @@ def load_config(path: str | Path) -> dict:
     else:
         data, lines = load_yaml(path)
     run_keys = {k: data[k] for k in ("variant", "seed") if k in data}
-    config = validate(strip_run_keys(data), str(path), lines)
+    config = apply_fidelity(validate(strip_run_keys(data), str(path), lines))
     if "variant" in run_keys:  # a resolved variant config carries no run-matrix keys
         config = without_run_matrix(config)
     return {**config, **run_keys}
@@ -181,7 +183,7 @@ def resolve_variant(config: dict, variant: str, variants: dict[str, dict] | None
     merged = deep_merge(config, variants[variant].get("overrides") or {})
     merged.pop("variants", None)
     merged.pop("seeds", None)
-    resolved = validate(merged, f"{variants_path} (variant '{variant}')")
+    resolved = apply_fidelity(validate(merged, f"{variants_path} (variant '{variant}')"))
     resolved = without_run_matrix(resolved)
     resolved["variant"] = variant
     return resolved

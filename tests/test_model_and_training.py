@@ -177,3 +177,88 @@ def test_missing_weights_and_offline_openai_give_clear_errors(tmp_path, monkeypa
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(RuntimeError, match="model.pretrained"):
         create_clip("ViT-B-32", "openai")
+
+
+def test_bertadam_hand_computed():
+    """Two steps of BertAdam against the formulas: per-parameter clip to norm 1, no bias
+    correction, decay added to the update (p -= lr * (m / (sqrt(v) + eps) + wd * p))."""
+    from sgmn.train.optim import BertAdam
+    lr, wd, b1, b2, eps = 0.1, 0.2, 0.9, 0.98, 1e-6
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = BertAdam([p], lr=lr, weight_decay=wd)
+    grads = [[3.0, 4.0], [0.1, -0.2]]  # norm 5 (clipped to ~1), then norm 0.22 (kept)
+    x, m, v = [1.0, -2.0], [0.0, 0.0], [0.0, 0.0]
+    for step, raw in enumerate(grads):
+        p.grad = torch.tensor(raw)
+        opt.step()
+        norm = sum(gi * gi for gi in raw) ** 0.5
+        g = [gi * min(1.0, 1.0 / (norm + 1e-6)) for gi in raw]
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+        x = [xi - lr * (mi / (vi ** 0.5 + eps) + wd * xi) for xi, mi, vi in zip(x, m, v)]
+        assert p.detach().tolist() == pytest.approx(x, rel=1e-5)
+        if step == 0:  # without bias correction m / sqrt(v) = (1 - b1) / sqrt(1 - b2) = 0.707
+            # per unit of sign(g) at step 1, where bias-corrected Adam moves by 1
+            assert p[0].item() == pytest.approx(1.0 - lr * (0.1 / 0.02 ** 0.5 + wd), rel=1e-5)
+    assert opt.state[p]["step"] == 2
+
+
+class _WithHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.visual = create_clip("lpr-tiny-clip").visual
+        self.head = torch.nn.Linear(128, 4)
+
+    def forward(self, x):
+        return self.head(self.visual(x))
+
+
+def test_parameter_groups_scale_the_clip_lr_and_spare_biases():
+    from sgmn.train.optim import build_optimizer
+    model = _WithHead()
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt = build_optimizer(model, "bertadam", 3e-4, 0.2, clip_lr_scale=1e-3)
+    seen = set()
+    for group in opt.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            seen.add(name)
+            assert group["lr"] == pytest.approx(3e-7 if name.startswith("visual.") else 3e-4)
+            assert group["weight_decay"] == (0.0 if name.endswith("bias") else 0.2)
+    assert seen == set(names.values())
+    assert {g["name"] for g in opt.param_groups} == {"other.decay", "other.no_decay", "visual.decay",
+                                                     "visual.no_decay"}
+    # the schedule scales every group's own lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    assert sorted(sched.get_last_lr()) == pytest.approx(sorted([1.5e-7, 1.5e-7, 1.5e-4, 1.5e-4]))
+    # Adam's coupled L2 decays every parameter; adamw spares biases; scale 1 is one lr
+    adam = build_optimizer(model, "adam", 1e-3, 0.01)
+    assert all(g["weight_decay"] == 0.01 and g["lr"] == 1e-3 for g in adam.param_groups)
+    adamw = build_optimizer(model, "adamw", 1e-3, 0.01)
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert {g["weight_decay"] for g in adamw.param_groups} == {0.0, 0.01}
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer(model, "sgd", 1e-3, 0.0)
+
+
+def test_frozen_stem_does_not_train():
+    from sgmn.train.optim import build_optimizer
+    model = _WithHead()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = build_optimizer(model, "bertadam", 1e-2, 0.2, clip_lr_scale=0.5, freeze_stem=True)
+    stem = {"visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding",
+            "visual.ln_pre.weight", "visual.ln_pre.bias"}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == stem
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt for n, p in model.named_parameters() if n in stem)
+    model(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    opt.step()
+    after = model.state_dict()
+    for k in stem:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["visual.proj"], after["visual.proj"])
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    with pytest.raises(ValueError, match="freeze_stem"):
+        build_optimizer(torch.nn.Linear(2, 2), "adam", 1e-3, 0.0, freeze_stem=True)

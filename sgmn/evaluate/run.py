@@ -51,8 +51,18 @@ def build_queries(test: TestSet) -> list[Query]:
     return queries
 
 
+def _text_args(model, text_store, texts: list[str], device) -> tuple:
+    """(features, present) of these texts for a model with a text branch, else ()."""
+    if not getattr(model, "te", False):
+        return ()
+    if text_store is None:
+        raise ValueError("this model uses text (sgmn.te): pass the text features (--text-features)")
+    feats, present = text_store.lookup(texts)
+    return feats.to(device), present.to(device)
+
+
 @torch.no_grad()
-def encode_gallery(model, test: TestSet, image_size: int, batch_size: int, device):
+def encode_gallery(model, test: TestSet, image_size: int, batch_size: int, device, text_store=None):
     ids = sorted({i for ids in test.gallery.values() for i in ids})
     loader = DataLoader(ImageDataset(test.image_paths, ids, image_size), batch_size=batch_size,
                         collate_fn=collate)
@@ -63,14 +73,17 @@ def encode_gallery(model, test: TestSet, image_size: int, batch_size: int, devic
             if not good:
                 errors[image_id] = err
         if ok.any():
-            feats.append(model.encode_image(batch["image"][ok].to(device)).float().cpu())
-            kept += [i for i, good in zip(batch["image_id"], ok.tolist()) if good]
+            ids = [i for i, good in zip(batch["image_id"], ok.tolist()) if good]
+            text = _text_args(model, text_store, [test.titles.get(i, "") for i in ids], device)
+            feats.append(model.encode_image(batch["image"][ok].to(device), *text).float().cpu())
+            kept += ids
     emb = torch.cat(feats) if feats else torch.zeros(0, 1)
     return kept, emb, errors
 
 
 @torch.no_grad()
-def encode_queries(model, test: TestSet, num_frames: int, image_size: int, batch_size: int, device):
+def encode_queries(model, test: TestSet, num_frames: int, image_size: int, batch_size: int, device,
+                   text_store=None):
     loader = DataLoader(QueryDataset(test, num_frames, image_size), batch_size=batch_size,
                         collate_fn=collate)
     feats, kept, unreadable, frame_errors = [], [], {}, []
@@ -81,7 +94,8 @@ def encode_queries(model, test: TestSet, num_frames: int, image_size: int, batch
             if not good:
                 unreadable[vid] = err
         if ok.any():
-            v = model.encode_video(batch["frames"][ok].to(device), batch["frame_mask"][ok].to(device))
+            text = _text_args(model, text_store, [a for a, good in zip(batch["asr"], ok.tolist()) if good], device)
+            v = model.encode_video(batch["frames"][ok].to(device), batch["frame_mask"][ok].to(device), *text)
             feats.append(v.float().cpu())
             kept += [v for v, good in zip(batch["video_id"], ok.tolist()) if good]
     emb = torch.cat(feats) if feats else torch.zeros(0, 1)
@@ -110,15 +124,18 @@ def score_table(test: TestSet, query_ids, query_emb, image_ids, image_emb, score
     return pd.concat(frames, ignore_index=True)
 
 
-def evaluate_model(model, config: dict, data_dir: str | Path):
-    """Encode and score the test split; returns (scores, metrics, per-query table)."""
+def evaluate_model(model, config: dict, data_dir: str | Path, text_store=None):
+    """Encode and score the test split; returns (scores, metrics, per-query table).
+
+    A model with a text branch scores with Eq. 23 and needs the text feature cache (text_store).
+    """
     test = read_split(data_dir, config["dataset"]["format"], "test")
     device = next(model.parameters()).device
     model.eval()
     m, bs = config["model"], config["evaluate"]["batch_size"]
-    image_ids, image_emb, gallery_errors = encode_gallery(model, test, m["image_size"], bs, device)
+    image_ids, image_emb, gallery_errors = encode_gallery(model, test, m["image_size"], bs, device, text_store)
     query_ids, query_emb, unreadable, frame_errors = encode_queries(
-        model, test, m["num_frames"], m["image_size"], bs, device)
+        model, test, m["num_frames"], m["image_size"], bs, device, text_store)
     scores = score_table(test, query_ids, query_emb, image_ids, image_emb, model.score)
     metrics, per_query = metrics_from_scores(test, scores, unreadable)
     metrics["gallery_errors"] = gallery_errors

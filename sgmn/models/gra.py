@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgmn.train.distributed import gather
 from sgmn.train.losses import vse_triplet
 
 
@@ -47,7 +48,8 @@ class GRA(nn.Module):
         return video @ images.T                                            # (Bv, Bi)
 
     def forward(self, batch: dict) -> dict:
-        v = self.encode_video(batch["frames"], batch["frame_mask"])        # (B, D)
-        i = self.encode_image(batch["image"])                              # (B, D)
-        loss = vse_triplet(v @ i.T, batch["product"], self.margin, self.hardest_negatives)
+        # under torchrun each process encodes its slice; the loss is over the gathered global batch
+        v = gather(self.encode_video(batch["frames"], batch["frame_mask"]))  # (B, D)
+        i = gather(self.encode_image(batch["image"]))                        # (B, D)
+        loss = vse_triplet(v @ i.T, gather(batch["product"]), self.margin, self.hardest_negatives)
         return {"similarity_loss": loss}

@@ -14,35 +14,51 @@ import torch
 from sgmn.data.datasets import ClipPairDataset, collate, frame_masking, read_split
 from sgmn.io import atomic_save, provenance, write_json
 from sgmn.models.clip import create_clip
-from sgmn.models.gra import GRA
-from sgmn.train import loop
+from sgmn.models.sgmn import SGMN
+from sgmn.text.features import TextFeatures
+from sgmn.train import distributed, loop
 
 log = logging.getLogger(__name__)
 
 
-def build_model(config: dict, clip_weights: str | None = "none") -> GRA:
-    m = config["model"]
+def build_model(config: dict, clip_weights: str | None = "none", text_dim: int | None = None) -> SGMN:
+    """SGMN with the config's switches (all off: GRA only), its visual tower from CLIP weights."""
+    m, t = config["model"], config["train"]
     clip = create_clip(m["clip"], clip_weights, m["image_size"])
-    return GRA(clip.visual, margin=config["train"]["margin"])
+    return SGMN(clip.visual, config["sgmn"], m["num_frames"], t["batch_size"], t["margin"],
+                text_dim=text_dim if config["sgmn"]["te"] else None)
 
 
-def load_model(checkpoint: str | Path) -> tuple[GRA, dict]:
+def load_model(checkpoint: str | Path) -> tuple[SGMN, dict]:
     """Rebuild a trained model from its final.pt (strict: every weight must match)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = build_model(state["config"], "none")
+    model = build_model(state["config"], "none", state.get("text_dim"))
     model.load_state_dict(state["model"], strict=True)
     return model, state
 
 
+def add_text_features(batch: dict, store: TextFeatures | None, device) -> dict:
+    """ASR and title features of a training batch (Eq. 4's input), looked up in the cache."""
+    if store is not None:
+        for key in ("asr", "title"):
+            feats, present = store.lookup(batch[key])
+            batch[f"{key}_feat"], batch[f"{key}_present"] = feats.to(device), present.to(device)
+    return batch
+
+
 def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str | None,
-              out_dir: str | Path) -> Path:
+              out_dir: str | Path, text_features: str | Path | None = None) -> Path:
     """Train one (variant, seed) run; returns the path of final.pt."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tcfg, dcfg = config["train"], config["dataset"]
     torch.manual_seed(seed)
-    model = build_model(config, clip_weights)
-    write_json({**provenance(config, seed), "clip_weights": str(clip_weights)}, out_dir / "params.json")
+    store = TextFeatures.load(text_features) if config["sgmn"]["te"] else None
+    if config["sgmn"]["te"] and text_features is None:
+        raise ValueError("sgmn.te is on: pass the text feature cache (--text-features)")
+    model = build_model(config, clip_weights, store.dim if store else None)
+    if distributed.is_main():
+        write_json({**provenance(config, seed), "clip_weights": str(clip_weights)}, out_dir / "params.json")
 
     skipped: list[str] = []
     clips = read_split(data_dir, dcfg["format"], "train", dcfg["on_bad_line"], skipped)
@@ -52,21 +68,28 @@ def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str |
              len(dataset.product_ids), len(skipped))
 
     def loss_fn(m, batch, generator):
-        m.hardest_negatives = batch["step"] >= tcfg["triplet_warmup_steps"]
-        batch["frame_mask"] = frame_masking(batch["frame_mask"].cpu(), tcfg["frame_mask_prob"],
-                                            tcfg["frame_mask_max_ratio"], generator
-                                            ).to(batch["frame_mask"].device)
-        return m(batch)
+        getattr(m, "module", m).hardest_negatives = batch["step"] >= tcfg["triplet_warmup_steps"]
+        # drawn for the global batch (gathered under torchrun, then this rank's slice), so a
+        # sample's masking does not depend on the number of processes
+        batch["frame_mask"] = distributed.local_slice(frame_masking(
+            distributed.gather(batch["frame_mask"]).cpu(), tcfg["frame_mask_prob"],
+            tcfg["frame_mask_max_ratio"], generator, tcfg["frame_mask_mode"])).to(batch["frame_mask"].device)
+        return m(add_text_features(batch, store, batch["frame_mask"].device))
 
     loop.train(model, dataset, collate, loss_fn, out_dir, steps=tcfg["steps"],
                batch_size=tcfg["batch_size"], lr=tcfg["lr"], warmup_steps=tcfg["warmup_steps"],
                weight_decay=tcfg["weight_decay"], optimizer=tcfg["optimizer"],
                min_lr_ratio=tcfg["min_lr_ratio"], grad_clip=tcfg["grad_clip"], seed=seed,
                checkpoint_every=tcfg["checkpoint_every"], num_workers=tcfg["num_workers"],
-               device=tcfg["device"], precision=tcfg["precision"], config={**config, "seed": seed})
-    report = {"skipped_lines": skipped, "frame_errors": dataset.frame_errors}
-    write_json(report, out_dir / "data_report.json")
+               device=tcfg["device"], precision=tcfg["precision"], config={**config, "seed": seed},
+               clip_lr_scale=tcfg["clip_lr_scale"], freeze_stem=tcfg["freeze_stem"])
+    frame_errors = distributed.gather_objects(dataset.frame_errors)  # every rank's, in rank order
     final = out_dir / "final.pt"
-    atomic_save({"model": model.cpu().state_dict(), "config": config, "seed": seed,
-                 "provenance": provenance(config, seed)}, final)
+    if distributed.is_main():  # rank 0 writes; the other ranks hold the same weights
+        report = {"skipped_lines": skipped, "frame_errors": [e for errs in frame_errors for e in errs]}
+        write_json(report, out_dir / "data_report.json")
+        atomic_save({"model": model.cpu().state_dict(), "config": config, "seed": seed,
+                     "text_dim": store.dim if store else None,
+                     "provenance": provenance(config, seed)}, final)
+    distributed.barrier()  # final.pt exists when any rank returns
     return final

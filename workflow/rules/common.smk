@@ -62,10 +62,27 @@ def get_clip_weights_arg(wildcards):
     return f"results/{DATASET}/clip/pretrained.pt" if value == "pipeline" else value
 
 
+def seeds_of(variant):
+    """config.seeds_by_variant[variant] when set, else config.seeds."""
+    return config["seeds_by_variant"].get(variant, SEEDS)
+
+
 def get_run_metrics(wildcards):
-    return expand(
-        "results/{ds}/runs/{variant}/seed{seed}/metrics.json",
-        ds=DATASET,
-        variant=sorted(RESOLVED),
-        seed=SEEDS,
-    )
+    return [
+        f"results/{DATASET}/runs/{variant}/seed{seed}/metrics.json"
+        for variant in sorted(RESOLVED)
+        for seed in seeds_of(variant)
+    ]
+
+
+def get_text_input(wildcards):
+    """The text feature cache when the variant has the text branch (sgmn.te), else nothing."""
+    return f"results/{DATASET}/text" if RESOLVED[wildcards.variant]["sgmn"]["te"] else []
+
+
+def get_text_arg(wildcards):
+    return f"--text-features results/{DATASET}/text" if RESOLVED[wildcards.variant]["sgmn"]["te"] else ""
+
+
+def get_train_threads(wildcards):
+    return RESOLVED[wildcards.variant]["train"]["threads"]

@@ -4,6 +4,7 @@ rule evaluate:
         data=get_data_dir,
         # the config too, so that a config change reaches the metrics even when final.pt is gone
         config="results/{ds}/configs/{variant}.json",
+        text=get_text_input,
     output:
         metrics="results/{ds}/runs/{variant}/seed{seed}/metrics.json",
         scores="results/{ds}/runs/{variant}/seed{seed}/scores.parquet",
@@ -12,7 +13,9 @@ rule evaluate:
         "logs/evaluate/{ds}/{variant}/seed{seed}.log",
     benchmark:
         "benchmarks/evaluate/{ds}/{variant}/seed{seed}.tsv"
-    threads: 2
+    params:
+        text=get_text_arg,
+    threads: get_train_threads
     resources:
         mem_mb=4000,
         runtime=30,
@@ -20,7 +23,7 @@ rule evaluate:
         "../envs/sgmn.yaml"
     shell:
         "sgmn evaluate --data {input.data} --checkpoint {input.checkpoint} --out {output.metrics}"
-        " --scores-out {output.scores} --per-query-out {output.per_query} --threads {threads}"
+        " --scores-out {output.scores} --per-query-out {output.per_query} {params.text} --threads {threads}"
         " > {log} 2>&1"
 
 

@@ -1,23 +1,47 @@
+def get_train_processes(wildcards):
+    """train.processes of the variant's resolved config: torchrun processes, one per GPU."""
+    return int(RESOLVED[wildcards.variant]["train"].get("processes") or 1)
+
+
+def get_train_launcher(wildcards):
+    """`sgmn`, or torchrun with one process per GPU when the variant trains data-parallel."""
+    n = get_train_processes(wildcards)
+    if n > 1:
+        return f"torchrun --standalone --nproc_per_node {n} -m sgmn.cli"
+    return "sgmn"
+
+
+def get_train_gpus(wildcards):
+    """GPUs a data-parallel job needs (-> sbatch --gpus=N); 0 leaves a one-process job's GPU to
+    the profile's gres, as for the other rules."""
+    n = get_train_processes(wildcards)
+    return n if n > 1 else 0
+
+
 rule train:
     input:
         config="results/{ds}/configs/{variant}.json",
         data=get_data_dir,
         clip=get_clip_weights_input,
+        text=get_text_input,
     output:
         # ckpt/latest.pt stays undeclared: Snakemake must not delete it when a job fails
         "results/{ds}/runs/{variant}/seed{seed}/final.pt",
     params:
         clip=get_clip_weights_arg,
+        launcher=get_train_launcher,
+        text=get_text_arg,
     log:
         "logs/train/{ds}/{variant}/seed{seed}.log",
     benchmark:
         "benchmarks/train/{ds}/{variant}/seed{seed}.tsv"
-    threads: 2
+    threads: get_train_threads
     resources:
         mem_mb=6000,
         runtime=120,
+        gpu=get_train_gpus,
     conda:
         "../envs/sgmn.yaml"
     shell:
-        "sgmn train --config {input.config} --seed {wildcards.seed} --data {input.data}"
-        " --clip-weights {params.clip} --out $(dirname {output}) --threads {threads} > {log} 2>&1"
+        "{params.launcher} train --config {input.config} --seed {wildcards.seed} --data {input.data}"
+        " --clip-weights {params.clip} --out $(dirname {output}) {params.text} --threads {threads} > {log} 2>&1"

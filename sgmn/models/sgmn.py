@@ -1,0 +1,166 @@
+"""SGMN (ACM MM 2024): GRA + text branch + TMC for inference, GCI and SMF as training losses.
+
+Every module is a switch (config `sgmn`): all off is GRA only (Table 7 row A), all on is the full
+model. Inference uses GRA alone (Eq. 23): S = cos(V, I) + lambda cos(A, T), computed as one dot
+product of the concatenated embeddings [V, sqrt(lambda) A] . [I, sqrt(lambda) T], so the
+evaluation code scores every model with a plain matrix product.
+
+Shapes: B clips per process, N = B x processes after `gather` (the paper's global batch), L
+frames, D the CLIP embedding, Dt the text-feature dimension, T tokens per frame (CLS + patches).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgmn.models.gci import GCI
+from sgmn.models.smf import SMF
+from sgmn.models.tmc import TMC, compact_frames
+from sgmn.train.distributed import gather
+from sgmn.train.losses import (distance_weighted_triplet, kl_rows, masked_vse_triplet, text_infonce,
+                               vse_triplet)
+
+
+class SGMN(nn.Module):
+    def __init__(self, visual: nn.Module, cfg: dict, num_frames: int, batch_size: int,
+                 margin: float = 0.2, text_dim: int | None = None):
+        super().__init__()
+        self.visual = visual  # open_clip VisionTransformer, shared by frames and images (Eqs. 1-2)
+        self.cfg, self.margin = cfg, margin
+        self.hardest_negatives = True  # the trainer may average over all negatives first
+        dim = visual.output_dim
+        self.lam = cfg["lambda_text"]
+        self.te = bool(cfg["te"])
+        if self.te and not text_dim:
+            raise ValueError("sgmn.te needs text features (the text_features step): text_dim is unset")
+        self.filters = nn.ModuleDict()
+        if self.te:  # Eq. 4's filter layer; the official code has one per text
+            names = ["shared"] if cfg["text_filter"] == "shared" else ["asr", "title"]
+            self.filters.update({k: nn.Linear(text_dim, text_dim) for k in names})
+        # GCI and SMF only shape training (their losses, weighted by beta1 and beta2 in Eq. 22):
+        # at weight 0 they are not built, which is the same model at less cost
+        self.tmc = TMC(dim, cfg["heads"], cfg["tmc_layers"], num_frames) if cfg["tmc"] else None
+        self.gci = GCI(dim, num_frames, batch_size, cfg["heads"], cfg["gci_graphs"], cfg["connect_ratio"],
+                       cfg["intra_connection"], cfg["relevance_profile"], cfg["batch_linear"],
+                       cfg["gci_attention"]) if cfg["gci"] and cfg["beta1"] > 0 else None
+        tokens = 1 + (visual.grid_size[0] * visual.grid_size[1])
+        self.smf = SMF(dim, text_dim if self.te else None, cfg["heads"], cfg["smf_k"],
+                       cfg["smf_k_counts_positive"], cfg["smf_symmetric"], cfg["smf_pool"],
+                       cfg["smf_temperature"], max_tokens=tokens) if cfg["smf"] and cfg["beta2"] > 0 else None
+        visual.output_tokens = self.smf is not None
+
+    # ---- encoders (GRA, Eqs. 1-4) ----
+    def _visual(self, x: torch.Tensor):
+        """(n, 3, H, W) -> projected CLS (n, D) and, for SMF, all projected tokens (n, T, D)."""
+        if not self.visual.output_tokens:
+            return self.visual(x), None
+        cls, patches = self.visual(x)
+        if self.visual.proj is not None:
+            patches = patches @ self.visual.proj
+        return cls, torch.cat([cls.unsqueeze(1), patches], 1)
+
+    def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor):
+        """Only real frames are encoded; padding is zeros. -> (B, L, D), (B, L, T, D) or None."""
+        b, l = mask.shape
+        cls, tok = self._visual(frames.flatten(0, 1)[mask.flatten()])
+        out = cls.new_zeros(b * l, cls.shape[-1])
+        out[mask.flatten()] = cls
+        tokens = None
+        if tok is not None:
+            tokens = tok.new_zeros(b * l, *tok.shape[1:])
+            tokens[mask.flatten()] = tok
+            tokens = tokens.view(b, l, *tok.shape[1:])
+        return out.view(b, l, -1), tokens
+
+    def video_global(self, cls: torch.Tensor, mask: torch.Tensor):
+        """TMC (Eq. 3), then per-frame normalised (B, L, D) and the pooled clip embedding (B, D)."""
+        x = self.tmc(cls, mask) if self.tmc is not None else cls
+        w = mask.unsqueeze(-1).to(x.dtype)
+        frames = F.normalize(x, dim=-1) * w
+        pooled = frames.sum(1) / w.sum(1).clamp(min=1)
+        return frames, F.normalize(pooled, dim=-1)
+
+    def encode_text(self, feats: torch.Tensor, present: torch.Tensor, kind: str) -> torch.Tensor:
+        """Filtered, normalised text (Eq. 4); a missing text is a zero vector (no 0/0)."""
+        layer = self.filters["shared"] if "shared" in self.filters else self.filters[kind]
+        return F.normalize(layer(feats), dim=-1) * present.unsqueeze(-1).to(feats.dtype)
+
+    def _with_text(self, visual: torch.Tensor, text) -> torch.Tensor:
+        if not self.te:
+            return visual
+        if text is None:
+            raise ValueError("this model uses text (sgmn.te): pass the text features")
+        return torch.cat([visual, math.sqrt(self.lam) * text], -1)
+
+    def encode_video(self, frames, mask, text=None, present=None) -> torch.Tensor:
+        mask, frames = compact_frames(mask, frames)
+        _, v = self.video_global(self.encode_frames(frames, mask)[0], mask)
+        a = self.encode_text(text, present, "asr") if self.te and text is not None else None
+        return self._with_text(v, a)
+
+    def encode_image(self, images, text=None, present=None) -> torch.Tensor:
+        i = F.normalize(self._visual(images)[0], dim=-1)
+        t = self.encode_text(text, present, "title") if self.te and text is not None else None
+        return self._with_text(i, t)
+
+    @staticmethod
+    def score(video: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return video @ images.T                                            # Eq. 23, (Bv, Bi)
+
+    # ---- training (Eqs. 5, 15-22) ----
+    def triplet(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg["triplet"] == "distance_weighted":
+            return distance_weighted_triplet(sim, labels, self.margin, dim=self.visual.output_dim)
+        return vse_triplet(sim, labels, self.margin, self.hardest_negatives)
+
+    def text_loss(self, a, t, labels, present) -> torch.Tensor:
+        sim = a @ t.T
+        if self.cfg["text_loss"] == "infonce":
+            return text_infonce(sim, labels, present, self.cfg["text_temperature"])
+        return self.lam * masked_vse_triplet(sim, labels, present, self.margin, self.hardest_negatives)
+
+    def forward(self, batch: dict) -> dict:
+        mask, frames = compact_frames(batch["frame_mask"], batch["frames"])
+        cls_f, tok_f = self.encode_frames(frames, mask)
+        cls_i, tok_i = self._visual(batch["image"])
+        vf, v = self.video_global(cls_f, mask)
+        i = F.normalize(cls_i, dim=-1)
+        vf, v, i, mask = gather(vf), gather(v), gather(i), gather(mask)
+        labels = gather(batch["product"])
+        out = {"similarity_loss": self.triplet(v @ i.T, labels)}
+
+        fused = (v @ i.T).detach()
+        a = t = a_present = t_present = None
+        if self.te:
+            a_present, t_present = gather(batch["asr_present"]), gather(batch["title_present"])
+            a = gather(self.encode_text(batch["asr_feat"], batch["asr_present"], "asr"))
+            t = gather(self.encode_text(batch["title_feat"], batch["title_present"], "title"))
+            out["text_loss"] = self.text_loss(a, t, labels, a_present & t_present)
+            fused = fused + self.lam * (a @ t.T).detach()                 # Eq. 17's M_sim
+
+        if self.gci is not None:
+            vg, ig, r_v2i, r_i2v = self.gci(v, i, vf, mask)
+            beta1 = self.cfg["beta1"]
+            graph = self.triplet(vg @ ig.T, labels) + self.triplet(v @ ig.T, labels) \
+                + self.triplet(vg @ i.T, labels)                            # Eq. 15
+            out["graph_loss"] = beta1 * graph
+            if self.gci.graphs["cross"]:                                  # Eq. 16
+                target = self._kl_target(v.detach(), i.detach())
+                kl = kl_rows(r_v2i, target) + kl_rows(r_i2v, target.T)
+                out["kl_loss"] = beta1 * self.cfg["kl_weight"] * kl
+
+        if self.smf is not None:
+            b, l, tk, d = tok_f.shape
+            vid_tok = gather(tok_f.reshape(b, l * tk, d))
+            vid_mask = mask.repeat_interleave(tk, dim=1)                   # (N, L*T)
+            out["matching_loss"] = self.cfg["beta2"] * self.smf(
+                fused, labels, gather(tok_i), vid_tok, vid_mask, t, a, t_present, a_present)
+        return out
+
+    def _kl_target(self, v: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        if self.cfg["kl_target"] == "exp_neg_distance":
+            return torch.exp(-torch.cdist(v, i))
+        return v @ i.T
