@@ -7,6 +7,7 @@
     sgmn train --config cfg.json --seed 0 --data DIR --clip-weights clip.pt --out RUN_DIR
     sgmn evaluate --data DIR --checkpoint RUN_DIR/final.pt --out metrics.json --scores-out scores.parquet
     sgmn evaluate --data DIR --scores scores.parquet --out metrics.json   # recompute from a table
+    sgmn tables --runs results/lpr_synth/runs --config workflow/config/default.yaml --out results/lpr_synth/tables
 """
 from __future__ import annotations
 
@@ -169,6 +170,40 @@ def cmd_summarize(args) -> None:
     md.write_text(table.drop(columns=["metrics", "commit"]).to_markdown(index=False, floatfmt=".2f") + "\n")
 
 
+def cmd_tables(args) -> None:
+    """The paper's Tables 1, 5, 6, 7 from the runs, beside the published numbers, with paired tests."""
+    from sgmn import config as cfg
+    from sgmn.evaluate.tables import build_tables, write_tables
+    from sgmn.io import provenance
+    if (args.config is None) == (args.config_json is None):
+        raise SystemExit("tables needs exactly one of --config (YAML) or --config-json")
+    # load_yaml + validate: the run-matrix keys (seeds, seeds_by_variant, variants) are kept
+    if args.config_json is not None:
+        try:
+            raw, lines, source = json.loads(args.config_json), None, "--config-json"
+        except json.JSONDecodeError as err:
+            raise cfg.ConfigError(f"--config-json: invalid JSON: {err.msg}") from None
+    else:
+        if not Path(args.config).exists():
+            raise FileNotFoundError(f"config file {args.config} not found")
+        (raw, lines), source = cfg.load_yaml(args.config), args.config
+    conf = cfg.validate(cfg.strip_run_keys(raw), source, lines)
+    every = cfg.load_variants(args.variants_file or conf["variants_file"])
+    unknown = [v for v in conf["variants"] if v not in every]
+    if unknown:
+        raise cfg.ConfigError(f"{source}: variants {unknown} are not in the variants file")
+    variants = {v: every[v] for v in conf["variants"]}
+    seeds = {v: conf["seeds_by_variant"].get(v, conf["seeds"]) for v in variants}
+    tables = build_tables(args.runs, variants, seeds, paper_dir=args.paper_dir)
+    prov = provenance(conf, None)
+    prov.update({"runs": str(args.runs), "seeds": seeds,
+                 "variants_file": str(args.variants_file or conf["variants_file"])})
+    synthetic = conf["dataset"]["path"] is None
+    dataset = "LPR-Synth" if synthetic else conf["dataset"]["name"]
+    for path in write_tables(tables, args.out, dataset=dataset, synthetic=synthetic, provenance=prov):
+        log.info("wrote %s", path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgmn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of the runs")
     s.add_argument("--out", required=True, help="CSV path; a .md beside it")
     s.set_defaults(func=cmd_summarize)
+
+    s = sub.add_parser("tables", help="the paper's Tables 1, 5, 6, 7 from the runs, diffed against the published numbers")
+    s.add_argument("--runs", required=True, help="runs directory ({variant}/seed{seed}/metrics.json, per_query.parquet)")
+    s.add_argument("--config", help="config YAML (seeds, seeds_by_variant, variants)")
+    s.add_argument("--config-json", help="the same config as JSON (used by the DAG)")
+    s.add_argument("--variants-file", help="variants file with the paper rows (default: the config's variants_file)")
+    s.add_argument("--paper-dir", help="published tables (default: the repository's workflow/paper)")
+    s.add_argument("--out", required=True, help="output directory: table{n}.csv, paired_tests.csv, tables.md")
+    s.set_defaults(func=cmd_tables)
     return p
 
 

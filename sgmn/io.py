@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -30,6 +28,7 @@ def atomic_path(path: str | Path):
 
 
 def atomic_save(obj, path: str | Path) -> None:
+    import torch  # lazily: the light rules (tables env) have no torch
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -70,7 +69,8 @@ def library_versions() -> dict:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
-    out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    torch = sys.modules.get("torch")  # only a process that uses torch reports CUDA
+    out["cuda"] = torch.version.cuda if torch is not None and torch.cuda.is_available() else None
     return out
 
 

@@ -80,3 +80,18 @@ def test_cli_reports_bad_config_with_exit_code_2(tmp_path, capsys):
     p.write_text("train:\n  nope: 1\n")
     assert main(["resolve-config", "--config", str(p), "--out", str(tmp_path / "x.json")]) == 2
     assert f"{p}:2: unknown key 'train.nope'" in capsys.readouterr().err
+
+
+def test_every_schema_key_has_a_description_and_a_default_and_nothing_else():
+    """YAML flow mappings cut an unquoted comma short (a stray key); every key is documented."""
+    keywords = {"description", "type", "enum", "default", "minimum", "maximum", "exclusiveMinimum",
+                "pattern", "properties", "additionalProperties", "items", "minItems", "$schema", "title"}
+
+    def walk(node, path):
+        assert set(node) <= keywords, f"{path}: unexpected keys {sorted(set(node) - keywords)}"
+        for name, sub in node.get("properties", {}).items():
+            assert isinstance(sub.get("description"), str) and sub["description"].strip(), f"{path}.{name}"
+            assert "default" in sub, f"{path}.{name} has no default"
+            walk(sub, f"{path}.{name}")
+
+    walk(cfg.load_schema(), "config")

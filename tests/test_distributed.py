@@ -15,16 +15,37 @@ from torch.utils.data import Dataset
 
 from sgmn.data.datasets import collate, frame_masking
 from sgmn.models.clip import create_clip
-from sgmn.models.gra import GRA
+from sgmn.models.sgmn import SGMN, gra_only
 from sgmn.train import distributed, loop
 from sgmn.train.distributed import gather, local_slice
 
 B, L, WORLD = 8, 4, 2
 
 
-def _model() -> GRA:
+def _model() -> SGMN:
     torch.manual_seed(0)
-    return GRA(create_clip("lpr-tiny-clip").visual)
+    return gra_only(create_clip("lpr-tiny-clip").visual)
+
+
+def _full_model() -> SGMN:
+    """Full SGMN (text, TMC, GCI, SMF; the paper's recipe) without dropout, so ranks agree."""
+    from sgmn.config import validate
+    from sgmn.fidelity import apply_fidelity
+    torch.manual_seed(0)
+    cfg = apply_fidelity(validate({"fidelity": "paper"}))["sgmn"]
+    model = SGMN(create_clip("lpr-tiny-clip").visual, cfg, L, B, 0.2, text_dim=16)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
+def _text(batch: dict) -> dict:
+    g = torch.Generator().manual_seed(3)
+    present = torch.ones(B, dtype=torch.bool)
+    present[2] = False  # one empty ASR: masked, no NaN
+    return {**batch, "asr_feat": torch.randn(B, 16, generator=g), "title_feat": torch.randn(B, 16, generator=g),
+            "asr_present": present, "title_present": torch.ones(B, dtype=torch.bool)}
 
 
 def _global_batch() -> dict:
@@ -67,7 +88,7 @@ def _loss_fn(m, batch, generator):
     return m(batch)
 
 
-def _train(run_dir, optimizer: str) -> GRA:
+def _train(run_dir, optimizer: str) -> SGMN:
     model = _model()
     loop.train(model, _Clips(), collate, _loss_fn, run_dir, steps=3, batch_size=B, lr=1e-3,
                warmup_steps=1, weight_decay=0.01, optimizer=optimizer, seed=5, checkpoint_every=2,
@@ -105,6 +126,15 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         loss.backward()
         opt.step()
         result["params"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        # the full model: text features, frame tokens (SMF) and the graph (GCI) span the global batch
+        full_model = _full_model()
+        ddp_full = torch.nn.parallel.DistributedDataParallel(full_model)
+        out = ddp_full(_half(_text(full), rank))
+        result["full_losses"] = {k: v.item() for k, v in out.items()}
+        sum(out.values()).backward()
+        torch.optim.SGD(full_model.parameters(), lr=0.1).step()
+        result["full_params"] = {k: v.detach().clone() for k, v in full_model.state_dict().items()}
 
         trained = _train(os.path.join(out_dir, "run"), "bertadam")
         result["trained"] = {k: v.detach().clone() for k, v in trained.state_dict().items()}
@@ -169,6 +199,19 @@ def test_two_processes_equal_one_process(tmp_path):
     for k, v in model.state_dict().items():  # (b) one DDP step == one single-process step
         for r in ranks:
             torch.testing.assert_close(r["params"][k], v, rtol=0, atol=1e-6, msg=k)
+
+    # full SGMN: every loss term, and one step, equal the single process's on the global batch
+    full_model = _full_model()
+    out = full_model(_text(full))
+    assert set(out) == {"similarity_loss", "text_loss", "graph_loss", "kl_loss", "matching_loss"}
+    sum(out.values()).backward()
+    torch.optim.SGD(full_model.parameters(), lr=0.1).step()
+    for r in ranks:
+        for k, v in out.items():
+            assert r["full_losses"][k] == pytest.approx(v.item(), rel=1e-4, abs=1e-6), k
+    for k, v in full_model.state_dict().items():
+        for r in ranks:
+            torch.testing.assert_close(r["full_params"][k], v, rtol=0, atol=1e-5, msg=k)
 
     # the loop: 3 BertAdam steps (clip lr scale, frozen stem, a checkpoint at step 2)
     single = _train(tmp_path / "single", "bertadam")

@@ -193,10 +193,10 @@ def test_missing_test_file_is_named(data):
 def test_missing_gallery_image_is_reported_and_ranked_last(data):
     from sgmn.evaluate.run import evaluate_model
     from sgmn.models.clip import create_clip
-    from sgmn.models.gra import GRA
+    from sgmn.models.sgmn import gra_only
 
     (data / "images" / f"{G1a}.jpg").unlink()
-    model = GRA(create_clip("lpr-tiny-clip").visual)
+    model = gra_only(create_clip("lpr-tiny-clip").visual)
     config = {"dataset": {"format": "lpr4m"}, "model": {"image_size": 64, "num_frames": 4},
               "evaluate": {"batch_size": 4}}
     scores, metrics, per_query = evaluate_model(model, config, data)

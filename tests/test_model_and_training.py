@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 
 from sgmn.data.datasets import frame_masking
 from sgmn.models.clip import create_clip, save_clip
-from sgmn.models.gra import GRA
+from sgmn.models.sgmn import gra_only
 from sgmn.train import loop
 from sgmn.train.losses import vse_triplet
 
@@ -41,7 +41,7 @@ def test_vse_triplet_same_product_is_not_a_negative():
 
 def test_gra_ignores_masked_frames():
     torch.manual_seed(0)
-    model = GRA(create_clip("lpr-tiny-clip").visual).eval()
+    model = gra_only(create_clip("lpr-tiny-clip").visual).eval()
     frames = torch.randn(2, 4, 3, 64, 64)
     mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
     v = model.encode_video(frames, mask)

@@ -135,8 +135,8 @@ class GCI(nn.Module):
         Returns V_g, I_g (N, D) normalised and the relevance matrices (for the KL loss).
         """
         r_v2i = r_i2v = None
-        if self.graphs["cross"]:
-            r_v2i, r_i2v = self.relevance(v, i, frames.detach(), mask)
+        if self.graphs["cross"]:  # frames and images detached: the relevance (and the KL) train only itself
+            r_v2i, r_i2v = self.relevance(v, i.detach(), frames.detach(), mask)
         g = self.masks(v, i, r_v2i, r_i2v)
         g = {key: m.to(v.dtype) for key, m in g.items()}
         if self.attention == "joint":

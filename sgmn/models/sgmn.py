@@ -164,3 +164,12 @@ class SGMN(nn.Module):
         if self.cfg["kl_target"] == "exp_neg_distance":
             return torch.exp(-torch.cdist(v, i))
         return v @ i.T
+
+
+def gra_only(visual: nn.Module, margin: float = 0.2, num_frames: int = 8, batch_size: int = 32) -> SGMN:
+    """Table 7 row A: SGMN with every module switched off (shared encoder, mean pooling, triplet)."""
+    from sgmn.config import validate
+    from sgmn.fidelity import apply_fidelity
+    off = {"te": False, "tmc": False, "gci": False, "smf": False}
+    cfg = apply_fidelity(validate({"sgmn": off}))["sgmn"]
+    return SGMN(visual, cfg, num_frames, batch_size, margin)

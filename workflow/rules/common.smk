@@ -22,7 +22,7 @@ wildcard_constraints:
 
 
 def get_final_outputs():
-    return [f"results/{DATASET}/summary.csv"]
+    return [f"results/{DATASET}/summary.csv", f"results/{DATASET}/tables"]
 
 
 def get_data_dir(wildcards):

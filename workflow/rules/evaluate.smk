@@ -1,3 +1,6 @@
+import os
+
+
 rule evaluate:
     input:
         checkpoint="results/{ds}/runs/{variant}/seed{seed}/final.pt",
@@ -41,3 +44,41 @@ rule summarize:
         "../envs/tables.yaml"
     shell:
         "sgmn summarize --metrics {input} --out {output} > {log} 2>&1"
+
+
+def get_run_per_query(wildcards):
+    """The per-query tables beside the runs' metrics (for the paired tests)."""
+    return [p.replace("/metrics.json", "/per_query.parquet") for p in get_run_metrics(wildcards)]
+
+
+# the published tables of the checkout, relative to the working directory
+PAPER_DIR = os.path.relpath(os.path.join(workflow.basedir, "workflow", "paper"))
+
+
+rule tables:
+    input:
+        metrics=get_run_metrics,
+        per_query=get_run_per_query,
+        paper=expand(os.path.join(PAPER_DIR, "table{n}.csv"), n=(1, 5, 6, 7)),
+    output:
+        directory("results/{ds}/tables"),
+    params:
+        # the whole top-level config (seeds, seeds_by_variant, variants, dataset)
+        config=lambda wildcards: json.dumps(config, sort_keys=True),
+        # not on the command line: a rerun trigger when a variant's `paper` rows change
+        paper_rows=lambda wildcards: json.dumps(
+            {v: VARIANTS[v].get("paper") for v in config["variants"]}, sort_keys=True
+        ),
+        variants_file=config["variants_file"],
+        paper_dir=PAPER_DIR,
+        runs="results/{ds}/runs",
+    log:
+        "logs/tables/{ds}.log",
+    benchmark:
+        "benchmarks/tables/{ds}.tsv"
+    localrule: True
+    conda:
+        "../envs/tables.yaml"
+    shell:
+        "sgmn tables --runs {params.runs} --config-json {params.config:q} --variants-file {params.variants_file:q}"
+        " --paper-dir {params.paper_dir:q} --out {output} > {log} 2>&1"

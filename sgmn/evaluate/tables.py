@@ -1,0 +1,362 @@
+"""The paper's tables regenerated from the runs, side by side with the published numbers.
+
+For SGMN Tables 1, 5, 6 and 7 (``workflow/paper/table{n}.csv``, :mod:`sgmn.paper`), every
+published row that a variant reproduces (its ``paper`` list in ``workflow/config/variants.yaml``)
+gets the measured R@1/R@5/R@10 -- mean over seeds with a 95% t-interval half-width -- beside
+the published value and ``delta = measured - published``. Published rows that no variant
+reproduces are listed too, with NaN measurements, so every table is complete.
+
+Paired tests (frame ``paired_tests``) compare two variants on the same queries and seeds:
+Table 7 each row against the previous one (B vs A, C vs B, ...) and E vs A; Table 1 SGMN vs
+SGMN w/o TE. Each gives the R@1 difference (B - A, in points), a 95% paired-bootstrap CI over
+queries and an exact McNemar p-value on the discordant pairs pooled over seeds.
+
+The numbers are measured on whatever dataset the runs used (LPR-Synth by default, not LPR4M):
+only directions and orderings are comparable with the paper, not the values.
+
+Usage::
+
+    from sgmn.evaluate.tables import build_tables, write_tables
+    tables = build_tables("results/lpr_synth/runs", variants, seeds_of)
+    write_tables(tables, "results/lpr_synth/tables")
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sgmn.paper import SWITCH_COLUMNS, load_table
+
+log = logging.getLogger(__name__)
+
+TABLES: tuple[int, ...] = (1, 5, 6, 7)
+METRICS: tuple[str, ...] = ("R@1", "R@5", "R@10")
+# table -> [(row X, row Y)]: the paired test "X vs Y", difference X - Y.
+PAIRED: dict[int, list[tuple[str, str]]] = {
+    7: [("B", "A"), ("C", "B"), ("D", "C"), ("E", "D"), ("E", "A")],
+    1: [("sgmn", "sgmn_wo_te")],
+}
+N_BOOTSTRAP = 2000
+BOOTSTRAP_SEED = 0
+PAIRED_COLUMNS = ["table", "comparison", "variant_a", "variant_b", "seeds", "n_pairs", "R@1_a", "R@1_b",
+                  "diff", "ci_low", "ci_high", "p_mcnemar", "n_a_only", "n_b_only", "per_seed_diff"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_ci(values: Iterable[float]) -> tuple[float, float]:
+    """Mean over seeds and the half-width of its 95% t-interval (NaN with fewer than two
+    values; ``(nan, nan)`` with none)."""
+    from scipy import stats
+
+    x = np.asarray(list(values), dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan
+    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, half
+
+
+def _hits(table: pd.DataFrame, k: int) -> pd.Series:
+    """hit@k per video_id; a recorded miss (miss_reason not null) is a non-hit."""
+    hit = table[f"hit@{k}"].fillna(False).astype(bool).to_numpy()
+    if "miss_reason" in table.columns:
+        hit = hit & table["miss_reason"].isna().to_numpy()
+    s = pd.Series(hit, index=table["video_id"].astype(str).to_numpy(), name="hit")
+    if s.index.has_duplicates:
+        raise ValueError("per-query table has duplicate video_ids")
+    return s
+
+
+def paired_test(a: Mapping[int, pd.DataFrame], b: Mapping[int, pd.DataFrame], k: int = 1, *,
+                n_boot: int = N_BOOTSTRAP, rng_seed: int = BOOTSTRAP_SEED) -> dict:
+    """Model B against model A on the (seed, video_id) pairs present in both.
+
+    ``a`` and ``b`` map a seed to that run's per-query table (columns ``video_id``,
+    ``hit@{k}``, optionally ``miss_reason``). Returns ``seeds``, ``n_pairs``, ``n_queries``,
+    ``R@k_a``, ``R@k_b`` (pooled over the pairs, in %), ``diff`` (B - A, in points),
+    ``ci_low``/``ci_high`` (95% paired bootstrap over queries: video_ids are resampled with
+    replacement, the same resample for every seed; fixed RNG seed), ``p_mcnemar`` (exact
+    two-sided binomial test on the discordant pairs pooled over seeds; 1.0 with none),
+    ``n_a_only``/``n_b_only`` (pairs only A / only B hits) and ``per_seed_diff``
+    (seed -> B - A in points).
+    """
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    parts, per_seed = [], {}
+    for s in seeds:
+        ha, hb = _hits(a[s], k), _hits(b[s], k)
+        common = ha.index.intersection(hb.index, sort=False)
+        if len(common) == 0:
+            continue
+        pair = pd.DataFrame({"video_id": common, "a": ha.loc[common].to_numpy(), "b": hb.loc[common].to_numpy()})
+        parts.append(pair)
+        per_seed[s] = 100.0 * (pair["b"].mean() - pair["a"].mean())
+    out = {"seeds": [s for s in seeds if s in per_seed], "n_pairs": 0, "n_queries": 0,
+           f"R@{k}_a": math.nan, f"R@{k}_b": math.nan, "diff": math.nan, "ci_low": math.nan,
+           "ci_high": math.nan, "p_mcnemar": math.nan, "n_a_only": 0, "n_b_only": 0, "per_seed_diff": per_seed}
+    if not parts:
+        return out
+    pairs = pd.concat(parts, ignore_index=True)
+    ha, hb = pairs["a"].to_numpy(bool), pairs["b"].to_numpy(bool)
+    n = len(pairs)
+    a_only, b_only = int((ha & ~hb).sum()), int((~ha & hb).sum())
+    n_disc = a_only + b_only
+    p = float(stats.binomtest(b_only, n_disc, 0.5).pvalue) if n_disc else 1.0
+
+    # per video_id: summed (hit_b - hit_a) over seeds and its number of pairs; a resample of
+    # video_ids then carries every seed's pair of that video along.
+    codes, uniques = pd.factorize(pairs["video_id"], sort=True)
+    d = np.bincount(codes, weights=hb.astype(float) - ha.astype(float), minlength=len(uniques))
+    c = np.bincount(codes, minlength=len(uniques)).astype(float)
+    rng = np.random.default_rng(rng_seed)
+    v = len(uniques)
+    chunk = max(1, min(n_boot, 4_000_000 // max(v, 1)))  # bounded memory on large test sets
+    boot = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, v, size=(stop - start, v))
+        boot[start:stop] = d[idx].sum(axis=1) / c[idx].sum(axis=1)
+    lo, hi = np.percentile(100.0 * boot, [2.5, 97.5])
+    out.update({"n_pairs": n, "n_queries": v, f"R@{k}_a": 100.0 * ha.mean(), f"R@{k}_b": 100.0 * hb.mean(),
+                "diff": 100.0 * (hb.mean() - ha.mean()), "ci_low": float(lo), "ci_high": float(hi),
+                "p_mcnemar": p, "n_a_only": a_only, "n_b_only": b_only})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _seeds(seeds_of: Callable | Mapping, variant: str) -> list[int]:
+    if callable(seeds_of):
+        return [int(s) for s in seeds_of(variant)]
+    return [int(s) for s in seeds_of.get(variant, [])]
+
+
+def _run_dir(runs_dir: Path, variant: str, seed: int) -> Path:
+    return runs_dir / variant / f"seed{seed}"
+
+
+def _overall(runs_dir: Path, variant: str, seeds: list[int]) -> dict[int, dict]:
+    """seed -> metrics.json ``overall`` of the runs that exist (missing ones are logged)."""
+    out = {}
+    for s in seeds:
+        path = _run_dir(runs_dir, variant, s) / "metrics.json"
+        if not path.exists():
+            log.warning("no run %s: %s seed %d left out", path, variant, s)
+            continue
+        out[s] = json.loads(path.read_text())["overall"]
+    return out
+
+
+def _per_query(runs_dir: Path, variant: str, seeds: list[int]) -> dict[int, pd.DataFrame]:
+    out = {}
+    for s in seeds:
+        path = _run_dir(runs_dir, variant, s) / "per_query.parquet"
+        if path.exists():
+            out[s] = pd.read_parquet(path)
+        else:
+            log.warning("no per-query table %s: %s seed %d left out of the paired tests", path, variant, s)
+    return out
+
+
+def reproducers(variants: Mapping[str, Mapping], table: int) -> dict[str, list[str]]:
+    """row_id -> the variants whose ``paper`` list names (table, row_id), in variants' order."""
+    out: dict[str, list[str]] = {}
+    for vid, row in variants.items():
+        for ref in (row or {}).get("paper") or []:
+            if int(ref["table"]) == int(table):
+                out.setdefault(str(ref["row"]), []).append(vid)
+    return out
+
+
+def _published(n: int, paper_dir) -> tuple[pd.DataFrame, list[str]]:
+    """One row per published row of table n (LPR4M, overall): method, switches, checks,
+    ``{metric}_paper``."""
+    df = load_table(n, paper_dir)
+    df = df[(df["dataset"] == "lpr4m") & (df["subset"] == "overall")]
+    switches = list(SWITCH_COLUMNS.get(("sgmn", n), {}))
+    rows = []
+    for row_id, g in df.groupby("row_id", sort=False):
+        rec = {"row_id": row_id, "method": g["method"].iloc[0]}
+        rec.update({c: g[c].iloc[0] for c in switches})
+        values = dict(zip(g["metric"], g["value"]))
+        rec.update({f"{m}_paper": values.get(m, math.nan) for m in METRICS})
+        rec["paper_checks"] = "; ".join(x for x in g["checks"] if x)
+        rows.append(rec)
+    return pd.DataFrame(rows), switches
+
+
+def build_tables(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable | Mapping,
+                 paper_dir=None) -> dict[str, pd.DataFrame]:
+    """``{"table1", "table5", "table6", "table7", "paired_tests"}`` frames.
+
+    ``runs_dir`` holds ``{variant}/seed{seed}/metrics.json`` (and ``per_query.parquet``);
+    ``variants`` maps a variant id to its row of the variants file (its ``paper`` list);
+    ``seeds_of`` gives a variant's seeds (callable, or a mapping; a variant missing from the
+    mapping has none). A table row is one (published row, variant); columns: table, row_id,
+    method, variant, the switch columns, n_seeds, seeds, then per metric ``{m}`` (mean over
+    seeds), ``{m}_ci`` (95% half-width), ``{m}_paper`` and ``{m}_delta`` (measured - published),
+    and paper_checks (the paper's own consistency notes).
+    """
+    runs_dir = Path(runs_dir)
+    out: dict[str, pd.DataFrame] = {}
+    cache: dict[str, dict[int, dict]] = {}
+    chosen: dict[tuple[int, str], str] = {}  # (table, row_id) -> the variant with runs used in tests
+    for n in TABLES:
+        pub, switches = _published(n, paper_dir)
+        by_row = reproducers(variants, n)
+        unknown = set(by_row) - set(pub["row_id"])
+        if unknown:
+            log.warning("variants name rows %s that table %d does not publish", sorted(unknown), n)
+        rows = []
+        for p in pub.to_dict("records"):
+            for vid in by_row.get(p["row_id"]) or [None]:
+                rec = {"table": n, "row_id": p["row_id"], "method": p["method"], "variant": vid}
+                rec.update({c: p[c] for c in switches})
+                overall = {}
+                if vid is not None:
+                    if vid not in cache:
+                        cache[vid] = _overall(runs_dir, vid, _seeds(seeds_of, vid))
+                    overall = cache[vid]
+                    if overall and (n, p["row_id"]) not in chosen:
+                        chosen[(n, p["row_id"])] = vid
+                rec["n_seeds"] = len(overall)
+                rec["seeds"] = ",".join(str(s) for s in sorted(overall))
+                for m in METRICS:
+                    mean, half = seed_ci(o[m] for o in overall.values()) if overall else (math.nan, math.nan)
+                    rec[m], rec[f"{m}_ci"], rec[f"{m}_paper"] = mean, half, p[f"{m}_paper"]
+                    rec[f"{m}_delta"] = mean - p[f"{m}_paper"]
+                rec["paper_checks"] = p["paper_checks"]
+                rows.append(rec)
+        cols = (["table", "row_id", "method", "variant"] + switches + ["n_seeds", "seeds"]
+                + [f"{m}{s}" for m in METRICS for s in ("", "_ci", "_paper", "_delta")] + ["paper_checks"])
+        out[f"table{n}"] = pd.DataFrame(rows, columns=cols)
+
+    tests = []
+    for n, pairs in PAIRED.items():
+        for x, y in pairs:
+            vb, va = chosen.get((n, x)), chosen.get((n, y))
+            if va is None or vb is None:
+                log.info("table %d: no paired test %s vs %s (a row has no runs)", n, x, y)
+                continue
+            common = sorted(set(cache[va]) & set(cache[vb]))
+            if not common:
+                log.info("table %d: no paired test %s vs %s (no common seeds)", n, x, y)
+                continue
+            res = paired_test(_per_query(runs_dir, va, common), _per_query(runs_dir, vb, common), k=1)
+            if res["n_pairs"] == 0:
+                continue
+            tests.append({"table": n, "comparison": f"{x} vs {y}", "variant_a": va, "variant_b": vb,
+                          "seeds": ",".join(str(s) for s in res["seeds"]), "n_pairs": res["n_pairs"],
+                          "R@1_a": res["R@1_a"], "R@1_b": res["R@1_b"], "diff": res["diff"],
+                          "ci_low": res["ci_low"], "ci_high": res["ci_high"], "p_mcnemar": res["p_mcnemar"],
+                          "n_a_only": res["n_a_only"], "n_b_only": res["n_b_only"],
+                          "per_seed_diff": json.dumps({str(s): round(d, 4) for s, d in res["per_seed_diff"].items()})})
+    out["paired_tests"] = pd.DataFrame(tests, columns=PAIRED_COLUMNS)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+def _num(x, fmt: str = ".1f") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _pm(mean: float, half: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.1f}" if math.isnan(half) else f"{mean:.1f} ± {half:.1f}"
+
+
+def _signed(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:+.1f}"
+
+
+def header(dataset: str = "LPR-Synth", synthetic: bool = True) -> str:
+    if synthetic:
+        return (f"These are {dataset} numbers, not LPR4M: only the directions and orderings of the "
+                f"rows are comparable with the paper, not the values (the deltas are shown for "
+                f"reference, not as a test of the published numbers).")
+    return f"Measured on {dataset}; the paper's numbers are on LPR4M."
+
+
+def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", synthetic: bool = True) -> str:
+    lines = ["# SGMN tables regenerated from the runs", "", header(dataset, synthetic), "",
+             "Measured: mean ± 95% t-interval half-width over seeds (no ± with one seed); "
+             "paper: the published value; delta: measured - paper; – : none.", ""]
+    for key in sorted((k for k in tables if k.startswith("table")), key=lambda k: int(k[5:])):
+        df = tables[key]
+        n = int(key[5:])
+        switches = list(SWITCH_COLUMNS.get(("sgmn", n), {}))
+        shown = pd.DataFrame({"row": df["row_id"], "variant": df["variant"].fillna("–")})
+        for c in switches:
+            shown[c] = df[c].map(lambda v: ("✓" if v else "") if isinstance(v, (bool, np.bool_)) else f"{v:g}")
+        shown["n_seeds"] = df["n_seeds"].astype(str)
+        for m in METRICS:
+            if df[f"{m}_paper"].isna().all() and df[m].isna().all():
+                continue
+            shown[m] = [_pm(a, b) for a, b in zip(df[m], df[f"{m}_ci"])]
+            shown[f"{m} paper"] = df[f"{m}_paper"].map(_num)
+            shown[f"{m} delta"] = df[f"{m}_delta"].map(_signed)
+        lines += [f"## Table {n}", "", shown.to_markdown(index=False, disable_numparse=True), ""]
+    tests = tables.get("paired_tests")
+    lines += ["## Paired tests (R@1)", "",
+              "diff = R@1 of the first minus the second, in points, on the (seed, query) pairs of "
+              "both; CI: 95% paired bootstrap over queries (2000 resamples); p: exact McNemar test "
+              "on the discordant pairs pooled over seeds.", ""]
+    if tests is None or tests.empty:
+        lines += ["No paired tests: no two compared rows have runs with common seeds.", ""]
+    else:
+        shown = pd.DataFrame({
+            "table": tests["table"].astype(str), "comparison": tests["comparison"],
+            "variants": tests["variant_b"] + " vs " + tests["variant_a"], "seeds": tests["seeds"],
+            "pairs": tests["n_pairs"].astype(str),
+            "R@1 first": tests["R@1_b"].map(_num), "R@1 second": tests["R@1_a"].map(_num),
+            "diff": tests["diff"].map(_signed),
+            "95% CI": [f"[{lo:+.1f}, {hi:+.1f}]" for lo, hi in zip(tests["ci_low"], tests["ci_high"])],
+            "p (McNemar)": tests["p_mcnemar"].map(lambda p: _num(p, ".3g")),
+        })
+        lines += [shown.to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir, *, dataset: str = "LPR-Synth",
+                 synthetic: bool = True, provenance: dict | None = None) -> list[Path]:
+    """``table{n}.csv``, ``paired_tests.csv``, ``tables.md`` (and ``provenance.json`` when
+    given) in ``out_dir``, each written atomically. Returns the paths written."""
+    from sgmn.io import atomic_path, write_json, write_table
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, df in tables.items():
+        path = out_dir / f"{key}.csv"
+        write_table(df, path)
+        written.append(path)
+    md = out_dir / "tables.md"
+    with atomic_path(md) as tmp:
+        tmp.write_text(to_markdown(tables, dataset, synthetic), encoding="utf-8")
+    written.append(md)
+    if provenance is not None:
+        write_json(provenance, out_dir / "provenance.json")
+        written.append(out_dir / "provenance.json")
+    return written
