@@ -278,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--paper-dir", help="published tables (default: the repository's workflow/paper)")
     s.add_argument("--out", required=True, help="output directory: table{n}.csv, paired_tests.csv, tables.md")
     s.set_defaults(func=cmd_tables)
+
+    from sgmn import bench  # light at import: torch loads inside each case's process
+    s = sub.add_parser("bench", help="train-step time, peak memory and inference ms: SGMN against GRA only")
+    bench.add_arguments(s)
+    s.set_defaults(func=bench.run_from_args)
     return p
 
 

@@ -54,13 +54,15 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     ds = tmp_path / "results" / "lpr_synth_smoke"
     summary = pd.read_csv(ds / "summary.csv")
-    assert set(summary["variant"]) == {"gra_only", "clip_zeroshot"}
+    smoke = yaml.safe_load((REPO / "workflow/config/smoke.yaml").read_text())
+    assert set(summary["variant"]) == set(smoke["variants"])
     run_dir = ds / "runs" / "gra_only" / "seed0"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["subsets"]) == {"scale", "duration", "count"}
     assert metrics["provenance"]["git"]["commit"] and metrics["provenance"]["versions"]["torch"]
     assert metrics["provenance"]["config"]["variant"] == "gra_only" and metrics["provenance"]["seed"] == 0
-    for rule in ("synth", "resolve_config", "pretrain_clip", "train", "evaluate", "summarize"):
+    for rule in ("synth", "resolve_config", "pretrain_clip", "text_features", "train", "evaluate",
+                 "summarize", "tables"):
         assert list((tmp_path / "logs" / rule).rglob("*.log")), rule
         assert list((tmp_path / "benchmarks" / rule).rglob("*.tsv")), rule
 
@@ -81,7 +83,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     changed.write_text(yaml.safe_dump(variants))
     plan = _snakemake(tmp_path, "-n", "--config", f"variants_file={changed}")
     ran = _planned_jobs(plan.stdout)
-    assert {rule for rule, _ in ran} == {"resolve_config", "train", "evaluate", "summarize", "all"}, ran
+    assert {rule for rule, _ in ran} == {"resolve_config", "train", "evaluate", "summarize", "tables", "all"}, ran
     assert all("variant=clip_zeroshot" in wc for rule, wc in ran if rule in ("resolve_config", "train", "evaluate")), ran
 
 

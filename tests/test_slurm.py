@@ -23,12 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sgmn.config import deep_merge, resolve_variant, validate
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 SMOKE = REPO / "workflow" / "config" / "smoke.yaml"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
-GPU_RULES = {"pretrain_clip", "train", "evaluate"}
-SUBMITTED_RULES = {"synth"} | GPU_RULES  # resolve_config and summarize are localrules
+GPU_RULES = {"pretrain_clip", "text_features", "train", "evaluate"}
+SUBMITTED_RULES = {"synth"} | GPU_RULES  # resolve_config, summarize and tables are localrules
 # Plugin flags for a cluster without slurmdbd: sacct has no rows there, so the plugin must poll
 # squeue (else it waits forever), and there is no account to validate.
 SLURM_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account",
@@ -39,6 +41,12 @@ SLURM_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account",
                # localhost has no GPU and no gres.conf: sbatch would reject --gres=gpu:1. The
                # command line replaces the profile's set-resources, so all three are listed.
                "--set-resources", *(f"{rule}:gres=''" for rule in sorted(GPU_RULES))]
+
+
+def _smoke_config() -> dict:
+    """The smoke DAG's config: default.yaml updated by smoke.yaml, as Snakemake merges them."""
+    base = yaml.safe_load((REPO / "workflow" / "config" / "default.yaml").read_text())
+    return validate(deep_merge(base, yaml.safe_load(SMOKE.read_text())))
 
 
 def _env() -> dict[str, str]:
@@ -286,6 +294,7 @@ def test_smoke_dag_through_sbatch_matches_a_local_run(tmp_path, slurm_cluster):
     env = _env()
     smoke = yaml.safe_load(SMOKE.read_text())
     runs = [(v, s) for v in smoke["variants"] for s in smoke["seeds"]]
+    smoke_config = _smoke_config()
 
     # The jobs inherit this environment (sbatch --export=ALL): one tiny job must find the CLI,
     # else every DAG job would fail with "sgmn: command not found".
@@ -334,6 +343,8 @@ def test_smoke_dag_through_sbatch_matches_a_local_run(tmp_path, slurm_cluster):
     for path in logs_root.rglob("*.log"):  # rule_<rule>/<wildcards>/<SLURM job id>.log
         logs.setdefault(path.relative_to(logs_root).parts[0].removeprefix("rule_"), []).append(path)
     expected = {"synth": 1, "pretrain_clip": 1, "train": len(runs), "evaluate": len(runs)}
+    if any(resolve_variant(smoke_config, v)["sgmn"]["te"] for v in smoke["variants"]):
+        expected["text_features"] = 1  # one cache for every variant with the text branch
     assert {rule: len(paths) for rule, paths in logs.items()} == expected, logs
     job_ids = {}
     for rule, paths in logs.items():
