@@ -283,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="train-step time, peak memory and inference ms: SGMN against GRA only")
     bench.add_arguments(s)
     s.set_defaults(func=bench.run_from_args)
+
+    from sgmn import diagnostics
+    s = sub.add_parser("diagnose", help="what each SGMN loss sends into the shared encoder (gradient shares, TMC residual)")
+    diagnostics.add_arguments(s)
+    s.set_defaults(func=diagnostics.main_from_args)
     return p
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from sgmn.evaluate.tables import build_tables, paired_test, seed_ci, write_tables
+from sgmn.evaluate.tables import build_tables, direction, paired_test, seed_ci, write_tables
 
 N_Q = 10
 VIDS = [f"v{i}" for i in range(N_Q)]
@@ -189,13 +189,23 @@ def test_build_tables_paired_tests(runs):
     assert ba["p_mcnemar"] == pytest.approx(58 / 128)
     assert ba["ci_low"] <= 15.0 <= ba["ci_high"]
     assert json.loads(ba["per_seed_diff"]) == {"0": 20.0, "1": 10.0}
+    assert ba["paper_diff"] == pytest.approx(37.3 - 32.8)  # Table 7: B 37.3, A 32.8
+    assert ba["direction"] == ("agrees" if ba["ci_low"] > 0 else "n.s.")
     ea = tests.loc["E vs A"]
     assert ea["R@1_a"] == pytest.approx(55.0) and ea["R@1_b"] == pytest.approx(85.0)
+    assert ea["ci_low"] > 0 and ea["direction"] == "agrees"
     # Table 1: only the seeds both have (sgmn_wo_te has seed 0 only)
     t1 = tests.loc["sgmn vs sgmn_wo_te"]
     assert (t1["table"], t1["variant_a"], t1["variant_b"], t1["seeds"]) == (1, "sgmn_wo_te", "sgmn", "0")
     assert t1["n_pairs"] == 10 and t1["diff"] == pytest.approx(20.0)
     assert t1["p_mcnemar"] == pytest.approx(stats.binomtest(2, 2, 0.5).pvalue)
+
+
+@pytest.mark.parametrize("diff, lo, hi, paper, expected", [
+    (3.0, 1.0, 5.0, 2.0, "agrees"), (-3.0, -5.0, -1.0, 2.0, "opposite"), (1.0, -1.0, 3.0, 2.0, "n.s."),
+    (-2.0, -3.0, -1.0, -0.5, "agrees"), (1.0, 0.5, 2.0, math.nan, "–"), (1.0, 0.5, 2.0, 0.0, "–")])
+def test_direction_against_the_paper(diff, lo, hi, paper, expected):
+    assert direction(diff, lo, hi, paper) == expected
 
 
 def test_build_tables_with_missing_runs_and_callable_seeds(tmp_path, runs):

@@ -40,12 +40,14 @@ METRICS: tuple[str, ...] = ("R@1", "R@5", "R@10")
 # table -> [(row X, row Y)]: the paired test "X vs Y", difference X - Y.
 PAIRED: dict[int, list[tuple[str, str]]] = {
     7: [("B", "A"), ("C", "B"), ("D", "C"), ("E", "D"), ("E", "A")],
+    6: [("B", "A"), ("C", "A"), ("D", "A"), ("H", "A")],   # each graph alone, and all, vs none
     1: [("sgmn", "sgmn_wo_te")],
 }
 N_BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
 PAIRED_COLUMNS = ["table", "comparison", "variant_a", "variant_b", "seeds", "n_pairs", "R@1_a", "R@1_b",
-                  "diff", "ci_low", "ci_high", "p_mcnemar", "n_a_only", "n_b_only", "per_seed_diff"]
+                  "diff", "ci_low", "ci_high", "p_mcnemar", "n_a_only", "n_b_only", "per_seed_diff",
+                  "paper_diff", "direction"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +142,16 @@ def paired_test(a: Mapping[int, pd.DataFrame], b: Mapping[int, pd.DataFrame], k:
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
+
+
+def direction(diff: float, ci_low: float, ci_high: float, paper_diff: float) -> str:
+    """Does the measured effect go the paper's way? ``agrees`` / ``opposite`` when the 95% CI
+    excludes 0, ``n.s.`` when it does not; ``–`` without a published difference (or a zero one)."""
+    if math.isnan(diff) or math.isnan(paper_diff) or paper_diff == 0:
+        return "–"
+    if ci_low <= 0 <= ci_high:
+        return "n.s."
+    return "agrees" if (diff > 0) == (paper_diff > 0) else "opposite"
 
 
 def _seeds(seeds_of: Callable | Mapping, variant: str) -> list[int]:
@@ -250,6 +262,7 @@ def build_tables(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable |
 
     tests = []
     for n, pairs in PAIRED.items():
+        published = out[f"table{n}"].drop_duplicates("row_id").set_index("row_id")["R@1_paper"]
         for x, y in pairs:
             vb, va = chosen.get((n, x)), chosen.get((n, y))
             if va is None or vb is None:
@@ -268,6 +281,8 @@ def build_tables(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable |
                           "ci_low": res["ci_low"], "ci_high": res["ci_high"], "p_mcnemar": res["p_mcnemar"],
                           "n_a_only": res["n_a_only"], "n_b_only": res["n_b_only"],
                           "per_seed_diff": json.dumps({str(s): round(d, 4) for s, d in res["per_seed_diff"].items()})})
+            tests[-1]["paper_diff"] = float(published.get(x, math.nan) - published.get(y, math.nan))
+            tests[-1]["direction"] = direction(res["diff"], res["ci_low"], res["ci_high"], tests[-1]["paper_diff"])
     out["paired_tests"] = pd.DataFrame(tests, columns=PAIRED_COLUMNS)
     return out
 
@@ -322,7 +337,8 @@ def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", 
     lines += ["## Paired tests (R@1)", "",
               "diff = R@1 of the first minus the second, in points, on the (seed, query) pairs of "
               "both; CI: 95% paired bootstrap over queries (2000 resamples); p: exact McNemar test "
-              "on the discordant pairs pooled over seeds.", ""]
+              "on the discordant pairs pooled over seeds; paper: the published difference; "
+              "direction: agrees / opposite when the CI excludes 0, n.s. when it does not.", ""]
     if tests is None or tests.empty:
         lines += ["No paired tests: no two compared rows have runs with common seeds.", ""]
     else:
@@ -334,6 +350,7 @@ def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", 
             "diff": tests["diff"].map(_signed),
             "95% CI": [f"[{lo:+.1f}, {hi:+.1f}]" for lo, hi in zip(tests["ci_low"], tests["ci_high"])],
             "p (McNemar)": tests["p_mcnemar"].map(lambda p: _num(p, ".3g")),
+            "paper": tests["paper_diff"].map(_signed), "direction": tests["direction"],
         })
         lines += [shown.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
