@@ -9,7 +9,8 @@ masking, dropout off):
 - `grad_norm[loss][part]`: the norm of d loss / d parameters of each part (visual tower, text
   filter, TMC), at the run's initialisation (its CLIP + the modules' seeded init, exactly what
   the trainer built) and at its final weights; `grad_share` is each loss's visual-tower norm over
-  the similarity loss's;
+  the similarity loss's, and `visual_cos_similarity_loss` the cosine of the two visual-tower
+  gradients (near 1: the loss only rescales the GRA triplet's push; near 0: it adds a direction);
 - `tmc_residual`: ||TMC(x) - x|| / ||x|| over the real frames, i.e. how much TMC moves the frame
   embeddings away from plain CLIP features;
 - `losses`: each loss's first and last logged value (train_log.jsonl).
@@ -57,13 +58,20 @@ def gradient_norms(model, batch: dict) -> dict[str, dict[str, float]]:
     parts = {name: [p for n, p in model.named_parameters() if n.startswith(prefix) and p.requires_grad]
              for name, prefix in PARTS.items()}
     parts = {name: ps for name, ps in parts.items() if ps}
-    norms = {}
+    norms, visual = {}, {}
+    every = [p for ps in parts.values() for p in ps]
     for key in sorted(k for k in out if k.endswith("_loss")):
-        every = [p for ps in parts.values() for p in ps]
         grads = torch.autograd.grad(out[key], every, retain_graph=True, allow_unused=True)
         by_param = {id(p): g for p, g in zip(every, grads)}
         norms[key] = {name: _norm([by_param[id(p)] for p in ps]) for name, ps in parts.items()}
         norms[key]["value"] = float(out[key].detach())
+        visual[key] = torch.cat([(by_param[id(p)] if by_param[id(p)] is not None else torch.zeros_like(p))
+                                 .flatten().double() for p in parts["visual"]])
+    # does a loss push the encoder somewhere the GRA triplet does not? cos 1: only a rescaling
+    ref = visual.get("similarity_loss")
+    for key, g in visual.items():
+        cos = torch.nn.functional.cosine_similarity(g, ref, dim=0) if ref is not None and g.any() else None
+        norms[key]["visual_cos_similarity_loss"] = None if cos is None else float(cos)
     return norms
 
 
@@ -114,7 +122,9 @@ def diagnose_run(run_dir, data_dir, text_features=None, clip_weights=None) -> di
     batch = _batch(config, seed, data_dir, store)
     result = {"run": str(run_dir), "variant": config.get("variant"), "seed": seed,
               "losses": logged_losses(run_dir)}
-    for name, model in (("init", init), ("final", final)):
+    t = config["train"]
+    for name, model, step in (("init", init, 0), ("final", final, t["steps"] - 1)):
+        model.hardest_negatives = step >= t["triplet_warmup_steps"]   # the loss of that step
         norms = gradient_norms(model, batch)
         result[name] = {"grad_norm": norms, "grad_share": _shares(norms), "tmc_residual": tmc_residual(model, batch)}
     return result

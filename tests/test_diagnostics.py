@@ -44,5 +44,8 @@ def test_each_loss_reaches_the_parts_it_should(sgmn_run, smoke_data):
         assert g["graph_loss"]["visual"] > 0 and g["matching_loss"]["visual"] > 0
         assert g["kl_loss"]["visual"] == 0 and g["kl_loss"]["tmc"] == 0
         assert run[phase]["grad_share"]["similarity_loss"] == pytest.approx(1.0)
+        assert g["similarity_loss"]["visual_cos_similarity_loss"] == pytest.approx(1.0, abs=1e-3)
+        assert g["kl_loss"]["visual_cos_similarity_loss"] is None
+        assert -1 <= g["matching_loss"]["visual_cos_similarity_loss"] < 0.999
         assert run[phase]["tmc_residual"] > 0
     assert run["losses"]["similarity_loss"]["last_step"] == 2
