@@ -393,8 +393,26 @@ def test_smf_k_counts_positive(counts_positive, candidates):
     smf(sim, labels, img_tok, vid_tok, vid_mask)
     img_idx, vid_idx = smf.scorer.calls[0]
     assert len(smf.scorer.calls) == 1 and img_idx.numel() == B * candidates
+    # one way: every pair is distinct, scored in (image, clip) order, the positive among them
     assert torch.equal(img_idx.view(B, candidates), torch.arange(B).unsqueeze(1).expand(B, candidates))
-    assert torch.equal(vid_idx.view(B, candidates)[:, 0], torch.arange(B))
+    assert (vid_idx.view(B, candidates) == torch.arange(B).unsqueeze(1)).any(1).all()
+
+
+def test_smf_scores_a_pair_both_directions_ask_for_once():
+    """Symmetric SMF: the positives (and pairs hard for both their image and their clip) are
+    requested by both directions but scored once; the loss is unchanged (checked by hand above)."""
+    sim, labels, img_tok, vid_tok, vid_mask = _smf_inputs()
+    smf = _smf(torch.randn(B, B), k=4, symmetric=True)
+    smf(sim, labels, img_tok, vid_tok, vid_mask)
+    (img_idx, vid_idx), = smf.scorer.calls
+    c_i2v, _ = hard_candidates(sim.T, labels, 4)
+    c_v2i, _ = hard_candidates(sim, labels, 4)
+    rows = torch.arange(B).unsqueeze(1).expand_as(c_i2v)
+    asked = set(zip(rows.flatten().tolist(), c_i2v.flatten().tolist())) | \
+        set(zip(c_v2i.flatten().tolist(), rows.flatten().tolist()))
+    scored = list(zip(img_idx.tolist(), vid_idx.tolist()))
+    assert len(scored) == len(set(scored)) == len(asked) <= 2 * B * 5 - B
+    assert set(scored) == asked
 
 
 def test_text_fusion_without_text_adds_nothing():

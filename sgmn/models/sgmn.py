@@ -65,13 +65,12 @@ class SGMN(nn.Module):
     def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor):
         """Only real frames are encoded; padding is zeros. -> (B, L, D), (B, L, T, D) or None."""
         b, l = mask.shape
-        cls, tok = self._visual(frames.flatten(0, 1)[mask.flatten()])
-        out = cls.new_zeros(b * l, cls.shape[-1])
-        out[mask.flatten()] = cls
+        real = mask.flatten().nonzero().squeeze(1)          # index_select / index_copy: fast backward
+        cls, tok = self._visual(frames.flatten(0, 1).index_select(0, real))
+        out = cls.new_zeros(b * l, cls.shape[-1]).index_copy(0, real, cls)
         tokens = None
         if tok is not None:
-            tokens = tok.new_zeros(b * l, *tok.shape[1:])
-            tokens[mask.flatten()] = tok
+            tokens = tok.new_zeros(b * l, *tok.shape[1:]).index_copy(0, real, tok)
             tokens = tokens.view(b, l, *tok.shape[1:])
         return out.view(b, l, -1), tokens
 

@@ -79,9 +79,13 @@ class PairScorer(nn.Module):
     def forward(self, state, img_idx: torch.Tensor, vid_idx: torch.Tensor, vid_mask: torch.Tensor):
         """Logits (P,) of the pairs (image img_idx[p], clip vid_idx[p]); vid_mask (N, Tv) True=real."""
         x, q, k, v = state
-        attn_mask = vid_mask[vid_idx][:, None, None, :]                     # (P, 1, 1, Tv)
-        a = F.scaled_dot_product_attention(q[img_idx], k[vid_idx], v[vid_idx], attn_mask=attn_mask)
-        y = x[img_idx] + self.out(a.transpose(1, 2).flatten(2))            # (P, Tq, D)
+        # index_select, not t[idx]: its backward is an index_add, ~3x faster than the
+        # accumulating index_put of advanced indexing on CPU
+        pick = lambda t, idx: t.index_select(0, idx)  # noqa: E731
+        attn_mask = pick(vid_mask, vid_idx)[:, None, None, :]               # (P, 1, 1, Tv)
+        a = F.scaled_dot_product_attention(pick(q, img_idx), pick(k, vid_idx), pick(v, vid_idx),
+                                           attn_mask=attn_mask)
+        y = pick(x, img_idx) + self.out(a.transpose(1, 2).flatten(2))      # (P, Tq, D)
         y = y + self.mlp(self.norm_mlp(y))
         pooled = y.mean(1) if self.pool == "avg" else y[:, 0]
         return self.head(pooled).squeeze(-1)
@@ -101,9 +105,15 @@ class SMF(nn.Module):
         return tokens if self.fusion is None or text is None else self.fusion(tokens, text, present)
 
     def pair_logits(self, state, vid_mask, img_idx, vid_idx):
-        """Logits (R, C) of image img_idx[r, c] against clip vid_idx[r, c]."""
-        r, c = img_idx.shape
-        return self.scorer(state, img_idx.flatten(), vid_idx.flatten(), vid_mask).view(r, c) / self.temperature
+        """Logits (shaped as the indices) of image img_idx[...] against clip vid_idx[...].
+
+        A pair asked for more than once (the positive of both directions, a pair hard for both
+        its image and its clip, a padded candidate slot) is scored once.
+        """
+        n = vid_mask.shape[0]
+        pairs, where = torch.unique(img_idx.flatten() * n + vid_idx.flatten(), return_inverse=True)
+        logits = self.scorer(state, pairs // n, pairs % n, vid_mask)
+        return logits[where].view(img_idx.shape) / self.temperature
 
     def forward(self, sim, labels, img_tok, vid_tok, vid_mask, img_text=None, vid_text=None,
                 img_present=None, vid_present=None) -> torch.Tensor:
@@ -113,14 +123,14 @@ class SMF(nn.Module):
         vid_tok = self.fuse(vid_tok, vid_text, vid_present)
         n = sim.shape[0]
         state = self.scorer.prepare(img_tok, vid_tok)
-        # image -> candidate clips: rows of sim.T
+        # image -> candidate clips (rows of sim.T); symmetric: clip -> candidate images too
         cand, valid = hard_candidates(sim.T, labels, self.num_neg)        # (N, C) clip indices
         rows = torch.arange(n, device=sim.device).unsqueeze(1).expand_as(cand)
-        logits = self.pair_logits(state, vid_mask, rows, cand).masked_fill(~valid, float("-inf"))
+        img_idx, vid_idx, valids = [rows], [cand], [valid]
+        if self.symmetric:
+            cand, valid = hard_candidates(sim, labels, self.num_neg)      # (N, C) image indices
+            img_idx, vid_idx, valids = img_idx + [cand], vid_idx + [rows], valids + [valid]
+        logits = self.pair_logits(state, vid_mask, torch.stack(img_idx), torch.stack(vid_idx))
+        logits = logits.masked_fill(~torch.stack(valids), float("-inf"))  # (directions, N, C)
         target = torch.zeros(n, dtype=torch.long, device=sim.device)     # the positive, every row
-        loss = F.cross_entropy(logits, target)
-        if self.symmetric:   # clip -> candidate images
-            cand, valid = hard_candidates(sim, labels, self.num_neg)
-            logits = self.pair_logits(state, vid_mask, cand, rows).masked_fill(~valid, float("-inf"))
-            loss = (loss + F.cross_entropy(logits, target)) / 2
-        return loss
+        return sum(F.cross_entropy(d, target) for d in logits) / len(logits)
