@@ -11,8 +11,9 @@ masking, dropout off):
   the trainer built) and at its final weights; `grad_share` is each loss's visual-tower norm over
   the similarity loss's, and `visual_cos_similarity_loss` the cosine of the two visual-tower
   gradients (near 1: the loss only rescales the GRA triplet's push; near 0: it adds a direction);
-- `tmc_residual`: ||TMC(x) - x|| / ||x|| over the real frames, i.e. how much TMC moves the frame
-  embeddings away from plain CLIP features;
+- `tmc`: ||TMC(x) - x|| / ||x|| over the real frames (how far TMC moves the frame embeddings),
+  and the mean cosine of each clip's pooled GRA embedding with and without TMC (what retrieval
+  sees of that move);
 - `losses`: each loss's first and last logged value (train_log.jsonl).
 
     sgmn diagnose --run results/lpr_synth/runs/sgmn/seed0 --data results/lpr_synth/data \
@@ -75,8 +76,11 @@ def gradient_norms(model, batch: dict) -> dict[str, dict[str, float]]:
     return norms
 
 
-def tmc_residual(model, batch: dict) -> float | None:
-    """||TMC(x) - x|| / ||x|| over real frames; None without TMC."""
+def tmc_effect(model, batch: dict) -> dict | None:
+    """How far TMC moves the frame embeddings (``residual`` = ||TMC(x) - x|| / ||x|| over real
+    frames) and what is left of that after GRA's normalise-and-pool (``pooled_cos``: mean cosine
+    of each clip's pooled embedding with and without TMC; 1 = retrieval sees no change).
+    None without TMC."""
     import torch
 
     from sgmn.models.tmc import compact_frames
@@ -86,8 +90,9 @@ def tmc_residual(model, batch: dict) -> float | None:
     with torch.no_grad():
         mask, frames = compact_frames(batch["frame_mask"], batch["frames"])
         x = model.encode_frames(frames, mask)[0]
-        delta = model.tmc(x, mask) - x
-    return float(delta[mask].norm() / x[mask].norm())
+        y = model.tmc(x, mask)
+        return {"residual": float((y - x)[mask].norm() / x[mask].norm()),
+                "pooled_cos": float((model.pool_frames(x, mask)[1] * model.pool_frames(y, mask)[1]).sum(-1).mean())}
 
 
 def logged_losses(run_dir: Path) -> dict[str, dict[str, float]]:
@@ -126,7 +131,7 @@ def diagnose_run(run_dir, data_dir, text_features=None, clip_weights=None) -> di
     for name, model, step in (("init", init, 0), ("final", final, t["steps"] - 1)):
         model.hardest_negatives = step >= t["triplet_warmup_steps"]   # the loss of that step
         norms = gradient_norms(model, batch)
-        result[name] = {"grad_norm": norms, "grad_share": _shares(norms), "tmc_residual": tmc_residual(model, batch)}
+        result[name] = {"grad_norm": norms, "grad_share": _shares(norms), "tmc": tmc_effect(model, batch)}
     return result
 
 
@@ -137,8 +142,8 @@ def main_from_args(args) -> int:
     write_json({"runs": runs, "provenance": provenance(None, None)}, args.out)
     for r in runs:
         shares = {phase: {k: round(v, 3) for k, v in r[phase]["grad_share"].items()} for phase in ("init", "final")}
-        log.info("%s seed %s: visual-gradient share vs similarity loss %s; TMC residual %s -> %s",
-                 r["variant"], r["seed"], shares, r["init"]["tmc_residual"], r["final"]["tmc_residual"])
+        log.info("%s seed %s: visual-gradient share vs similarity loss %s; TMC %s -> %s",
+                 r["variant"], r["seed"], shares, r["init"]["tmc"], r["final"]["tmc"])
     return 0
 
 

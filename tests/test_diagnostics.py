@@ -47,5 +47,5 @@ def test_each_loss_reaches_the_parts_it_should(sgmn_run, smoke_data):
         assert g["similarity_loss"]["visual_cos_similarity_loss"] == pytest.approx(1.0, abs=1e-3)
         assert g["kl_loss"]["visual_cos_similarity_loss"] is None
         assert -1 <= g["matching_loss"]["visual_cos_similarity_loss"] < 0.999
-        assert run[phase]["tmc_residual"] > 0
+        assert run[phase]["tmc"]["residual"] > 0 and -1 <= run[phase]["tmc"]["pooled_cos"] < 1
     assert run["losses"]["similarity_loss"]["last_step"] == 2

@@ -76,7 +76,11 @@ class SGMN(nn.Module):
 
     def video_global(self, cls: torch.Tensor, mask: torch.Tensor):
         """TMC (Eq. 3), then per-frame normalised (B, L, D) and the pooled clip embedding (B, D)."""
-        x = self.tmc(cls, mask) if self.tmc is not None else cls
+        return self.pool_frames(self.tmc(cls, mask) if self.tmc is not None else cls, mask)
+
+    @staticmethod
+    def pool_frames(x: torch.Tensor, mask: torch.Tensor):
+        """Per-frame normalised embeddings (padding zeroed) and their normalised masked mean."""
         w = mask.unsqueeze(-1).to(x.dtype)
         frames = F.normalize(x, dim=-1) * w
         pooled = frames.sum(1) / w.sum(1).clamp(min=1)
