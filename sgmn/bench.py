@@ -1,6 +1,6 @@
 """Speed and memory of SGMN against GRA only: one training step and one query clip's inference.
 
-`sgmn bench` (or `python -m sgmn.bench`) builds each variant from a shipped config at a given
+`sgmn bench` builds each variant from a shipped config at a given
 batch and frame count, feeds it a synthetic batch of the real shapes (random pixels; timing does
 not depend on the values), and writes one JSON per scale to `results/bench/`:
 
@@ -19,7 +19,6 @@ This is a measurement, not a test: nothing here asserts a time.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import platform
@@ -28,13 +27,13 @@ import statistics
 import time
 from pathlib import Path
 
-from sgmn.config import REPO_ROOT, deep_merge, load_yaml, resolve_variant, validate
+from sgmn.config import VARIANTS_PATH, load_layered, resolve_variant
 from sgmn.io import provenance, write_json
 
-# scale -> (config file applied on top of default.yaml, batch, frames): the issue's two shapes
+# scale -> (config applied on top of default.yaml, batch, frames): the issue's two shapes
 SCALES: dict[str, tuple[str | None, int | None, int | None]] = {
     "tiny": (None, None, None),            # the CPU default as trained: lpr-tiny-clip, 64 px
-    "vitb32": ("lpr4m.yaml", 8, 10),       # the paper's encoder at batch 8, 10 frames, 224 px
+    "vitb32": ("lpr4m", 8, 10),            # the paper's encoder at batch 8, 10 frames, 224 px
 }
 VARIANTS = ("gra_only", "sgmn")
 TEXT_DIM = {"lpr-tiny-clip": 128}          # the CLIP text tower's width; ChineseCLIP's is 512
@@ -42,17 +41,14 @@ TEXT_DIM = {"lpr-tiny-clip": 128}          # the CLIP text tower's width; Chines
 
 def bench_config(scale: str, variant: str, device: str) -> dict:
     """The resolved config of `variant` at `scale`: what the DAG would train, at the bench shapes."""
-    extra_file, batch, frames = SCALES[scale]
-    config, _ = load_yaml(REPO_ROOT / "workflow" / "config" / "default.yaml")
-    if extra_file:
-        config = deep_merge(config, load_yaml(REPO_ROOT / "workflow" / "config" / extra_file)[0])
+    extra, batch, frames = SCALES[scale]
     overrides = {"train": {"processes": 1, "device": device, "num_workers": 0}}
     if batch:
         overrides["train"]["batch_size"] = batch
     if frames:
         overrides["model"] = {"num_frames": frames}
-    return resolve_variant(validate(deep_merge(config, overrides)), variant,
-                           variants_path=REPO_ROOT / "workflow" / "config" / "variants.yaml")
+    config = load_layered(*([extra] if extra else []), overrides=overrides)
+    return resolve_variant(config, variant, variants_path=VARIANTS_PATH)
 
 
 def synthetic_batch(config: dict, text_dim: int, device, generator):
@@ -102,7 +98,7 @@ def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: in
     """One (scale, variant): the train step, then inference, in this process."""
     import torch
 
-    from sgmn.train.loop import resolve_device
+    from sgmn.train.loop import optimise, resolve_device
     from sgmn.train.optim import build_optimizer
     from sgmn.train.retrieval import build_model
 
@@ -125,12 +121,7 @@ def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: in
     def train_step():
         with autocast:
             out = model(batch)
-        loss = sum(v for k, v in out.items() if k.endswith("_loss"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, t["grad_clip"])
-        opt.step()
+        optimise(out, opt, params, t["grad_clip"], step=0)
         return out
 
     model.train()
@@ -198,13 +189,7 @@ def bench_scale(scale: str, device: str = "auto", steps: int = 5, repeats: int =
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sgmn bench", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    return run_from_args(p.parse_args(argv))
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p) -> None:
     p.add_argument("--scale", action="append", choices=sorted(SCALES),
                    help="tiny (the CPU default) and/or vitb32 (ViT-B/32, batch 8, 10 frames); both by default")
     p.add_argument("--variant", action="append", help=f"variants.yaml rows (default {' '.join(VARIANTS)})")
@@ -228,7 +213,3 @@ def run_from_args(args) -> int:
                                                   for v, c in result["cases"].items()},
                           "sgmn_over_gra": result.get("sgmn_over_gra")}, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

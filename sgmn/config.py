@@ -143,6 +143,16 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def load_layered(*names: str, overrides: dict | None = None) -> dict:
+    """workflow/config/default.yaml updated by each named config (e.g. "smoke", "lpr4m") and then
+    `overrides`, validated: the config Snakemake runs with `--configfile workflow/config/<name>.yaml`."""
+    config_dir = REPO_ROOT / "workflow" / "config"
+    config, _ = load_yaml(config_dir / "default.yaml")
+    for name in names:
+        config = deep_merge(config, load_yaml(config_dir / f"{name}.yaml")[0])
+    return validate(deep_merge(config, overrides or {}))
+
+
 def without_run_matrix(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in RUN_MATRIX_KEYS}
 

@@ -97,16 +97,9 @@ def test_every_schema_key_has_a_description_and_a_default_and_nothing_else():
     walk(cfg.load_schema(), "config")
 
 
-def _snakemake_config(name: str) -> dict:
-    """default.yaml updated by workflow/config/<name>.yaml, as `--configfile` merges them."""
-    default, _ = cfg.load_yaml(REPO / "workflow" / "config" / "default.yaml")
-    extra, _ = cfg.load_yaml(REPO / "workflow" / "config" / f"{name}.yaml")
-    return cfg.validate(cfg.deep_merge(default, extra))
-
-
 @pytest.mark.parametrize("name", ["lpr4m", "movingfashion"])
 def test_real_data_configs_are_the_papers_recipe(name):
-    c = _snakemake_config(name)
+    c = cfg.load_layered(name)
     assert c["dataset"]["format"] == name and c["dataset"]["path"]
     assert (c["model"]["clip"], c["model"]["pretrained"]) == ("ViT-B-32", "openai")
     assert (c["model"]["num_frames"], c["model"]["image_size"]) == (10, 224)
@@ -138,7 +131,7 @@ def test_lpr4m_config_plans_on_a_real_format_root(tmp_path):
         if line.startswith(("rule ", "localrule ")):
             rule = line.split()[1].rstrip(":")
             jobs[rule] = jobs.get(rule, 0) + 1
-    n = len(_snakemake_config("lpr4m")["variants"])
+    n = len(cfg.load_layered("lpr4m")["variants"])
     assert jobs == {"text_features": 1, "resolve_config": n, "train": n, "evaluate": n,
                     "summarize": 1, "tables": 1, "all": 1}, jobs
     assert "torchrun --standalone --nproc_per_node 8" in plan.stdout

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sgmn.config import deep_merge, resolve_variant, validate
+from sgmn.config import load_layered, resolve_variant
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
@@ -41,12 +41,6 @@ SLURM_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account",
                # localhost has no GPU and no gres.conf: sbatch would reject --gres=gpu:1. The
                # command line replaces the profile's set-resources, so all three are listed.
                "--set-resources", *(f"{rule}:gres=''" for rule in sorted(GPU_RULES))]
-
-
-def _smoke_config() -> dict:
-    """The smoke DAG's config: default.yaml updated by smoke.yaml, as Snakemake merges them."""
-    base = yaml.safe_load((REPO / "workflow" / "config" / "default.yaml").read_text())
-    return validate(deep_merge(base, yaml.safe_load(SMOKE.read_text())))
 
 
 def _env() -> dict[str, str]:
@@ -294,7 +288,7 @@ def test_smoke_dag_through_sbatch_matches_a_local_run(tmp_path, slurm_cluster):
     env = _env()
     smoke = yaml.safe_load(SMOKE.read_text())
     runs = [(v, s) for v in smoke["variants"] for s in smoke["seeds"]]
-    smoke_config = _smoke_config()
+    smoke_config = load_layered("smoke")
 
     # The jobs inherit this environment (sbatch --export=ALL): one tiny job must find the CLI,
     # else every DAG job would fail with "sgmn: command not found".

@@ -132,5 +132,7 @@ class SMF(nn.Module):
             img_idx, vid_idx, valids = img_idx + [cand], vid_idx + [rows], valids + [valid]
         logits = self.pair_logits(state, vid_mask, torch.stack(img_idx), torch.stack(vid_idx))
         logits = logits.masked_fill(~torch.stack(valids), float("-inf"))  # (directions, N, C)
-        target = torch.zeros(n, dtype=torch.long, device=sim.device)     # the positive, every row
-        return sum(F.cross_entropy(d, target) for d in logits) / len(logits)
+        # the positive (column 0) in every row; each direction has N rows, so the mean over all
+        # rows is the mean of the directions' cross-entropies
+        target = torch.zeros(logits.shape[0] * n, dtype=torch.long, device=sim.device)
+        return F.cross_entropy(logits.flatten(0, 1), target)

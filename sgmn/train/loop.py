@@ -91,6 +91,21 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def optimise(out: dict, opt: torch.optim.Optimizer, params: list, grad_clip: float, step: int) -> torch.Tensor:
+    """One optimiser step on the sum of the `*_loss` terms of `out` (global-norm clip when
+    grad_clip > 0); a non-finite loss stops the run, naming the step and every term."""
+    loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}: "
+                                 + ", ".join(f"{k}={v.item():.4g}" for k, v in out.items()))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return loss
+
+
 def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: Callable,
           run_dir: str | Path, *, steps: int, batch_size: int, lr: float, warmup_steps: int,
           weight_decay: float, optimizer: str = "adamw", min_lr_ratio: float = 0.0,
@@ -145,15 +160,7 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
         batch["step"] = step
         with autocast:
             out = loss_fn(net, batch, step_generator(seed, step))
-        loss = sum(v for k, v in out.items() if k.endswith("_loss"))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in out.items()))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
+        loss = optimise(out, opt, params, grad_clip, step)
         sched.step()
         bar.update(1)
         if main and ((step + 1) % 10 == 0 or step + 1 == steps):
