@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sgmn.data import synth
+from sgmn.data.synth import files, lpr4m_writer
 from sgmn.data.synth import PRESETS, SynthConfig, generate, make_config
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -319,18 +319,18 @@ def test_generate_rejects_bad_format_and_seed(tmp_path):
 
 # --------------------------------------------------------------------------- atomic output
 
-@pytest.mark.parametrize("writer", ["_save_jpeg", "_write_lpr4m"])
-def test_failed_run_leaves_nothing(tmp_path, monkeypatch, writer):
+@pytest.mark.parametrize("module,writer", [(files, "save_jpeg"), (lpr4m_writer, "write_index")])
+def test_failed_run_leaves_nothing(tmp_path, monkeypatch, module, writer):
     calls = {"n": 0}
-    real = getattr(synth, writer)
+    real = getattr(module, writer)
 
     def failing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 20 or writer == "_write_lpr4m":
+        if calls["n"] > 20 or writer == "write_index":
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(synth, writer, failing)
+    monkeypatch.setattr(module, writer, failing)
     with pytest.raises(RuntimeError, match="disk full"):
         generate(tmp_path / "out", "smoke", progress=False)
     assert list(tmp_path.iterdir()) == []  # neither out_dir nor the temporary sibling

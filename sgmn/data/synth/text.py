@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgmn.data.synth_render import ACCENTS, BADGES, CATEGORIES, COLOURS, GARMENTS, Attributes
+from sgmn.data.synth.render import ACCENTS, BADGES, CATEGORIES, COLOURS, GARMENTS, Attributes
 
 PATTERN_WORDS = {"plain": "plain", "striped": "striped", "dotted": "dotted", "checked": "checked",
                  "zigzag": "zigzag", "slanted": "slanted striped"}
