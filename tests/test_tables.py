@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from sgmn.evaluate.tables import build_tables, direction, paired_test, seed_ci, write_tables
+from sgmn.evaluate.tables import (
+    PAIRED_COLUMNS,
+    build_tables,
+    direction,
+    paired_test,
+    seed_ci,
+    write_tables,
+)
 
 N_Q = 10
 VIDS = [f"v{i}" for i in range(N_Q)]
@@ -64,6 +71,9 @@ def test_paired_test_handmade_case():
     assert res["p_mcnemar"] == pytest.approx(58 / 128)
     assert res["p_mcnemar"] == pytest.approx(stats.binomtest(5, 7, 0.5).pvalue)
     assert res["per_seed_diff"] == {0: pytest.approx(20.0), 1: pytest.approx(10.0)}
+    # sample SD of {20, 10}: sqrt((5^2 + 5^2) / 1)
+    assert res["seed_sd"] == pytest.approx(math.sqrt(50.0))
+    assert res["ci_method"].startswith("two-level bootstrap")
     assert res["ci_low"] <= res["diff"] <= res["ci_high"]
     assert res["ci_low"] < res["ci_high"]
     again = paired_test(A, B, k=1)
@@ -93,6 +103,13 @@ def test_paired_test_counts_a_recorded_miss_as_a_non_hit():
 def test_paired_test_without_discordant_pairs():
     res = paired_test({0: A[0]}, {0: A[0]})
     assert res["diff"] == 0 and res["p_mcnemar"] == 1.0 and res["ci_low"] == res["ci_high"] == 0
+    assert res["per_seed_diff"] == {0: 0.0} and math.isnan(res["seed_sd"])  # one seed: no SD
+
+
+def test_paired_test_without_common_pairs():
+    res = paired_test({0: A[0]}, {1: B[1]})
+    assert res["seeds"] == [] and res["n_pairs"] == 0 and res["per_seed_diff"] == {}
+    assert math.isnan(res["diff"]) and math.isnan(res["ci_low"]) and math.isnan(res["seed_sd"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,10 +206,19 @@ def test_build_tables_paired_tests(runs):
     assert ba["p_mcnemar"] == pytest.approx(58 / 128)
     assert ba["ci_low"] <= 15.0 <= ba["ci_high"]
     assert json.loads(ba["per_seed_diff"]) == {"0": 20.0, "1": 10.0}
+    assert ba["seed_sd"] == pytest.approx(math.sqrt(50.0))
     assert ba["paper_diff"] == pytest.approx(37.3 - 32.8)  # Table 7: B 37.3, A 32.8
-    assert ba["direction"] == ("agrees" if ba["ci_low"] > 0 else "n.s.")
+    # Not significant, by hand: in the two-level bootstrap a replicate draws 2 seeds out of {0, 1}
+    # (4 equally likely orders), then 10 queries of each. Per query, hit_b - hit_a is, on seed 0,
+    # -1 (q3, q4), +1 (q5-q8) or 0 (the 4 others), and on seed 1 +1 (q6) or 0. Exact enumeration
+    # of the 20 draws gives P(replicate diff < 0) = 0.0655 (seed 1 drawn twice alone puts
+    # 0.25 * 0.9**20 = 0.030 at exactly 0), so the 2.5% point is below 0 and the CI holds 0.
+    assert ba["ci_low"] < 0 < ba["ci_high"]
+    assert ba["direction"] == "n.s."
     ea = tests.loc["E vs A"]
     assert ea["R@1_a"] == pytest.approx(55.0) and ea["R@1_b"] == pytest.approx(85.0)
+    # E - A per query: +1 on 3 of 10 queries of each seed, never -1; a replicate's diff is 0 only
+    # if none of its 20 draws hits one of those, P = 0.7**20 = 8e-4 << 2.5%, so the CI excludes 0
     assert ea["ci_low"] > 0 and ea["direction"] == "agrees"
     # Table 1: only the seeds both have (sgmn_wo_te has seed 0 only)
     t1 = tests.loc["sgmn vs sgmn_wo_te"]
@@ -229,6 +255,11 @@ def test_write_tables_and_cli(tmp_path, runs):
     md = (out / "tables.md").read_text()
     assert "LPR-Synth numbers, not LPR4M" in md and "orderings" in md
     assert "## Table 7" in md and "## Paired tests" in md and "55.0 ± " in md and "B vs A" in md
+    assert "two-level paired bootstrap" in md and "per-seed" in md
+    assert "| +20.0 / +10.0 |" in md  # B vs A on seeds 0 and 1
+    tests_csv = pd.read_csv(out / "paired_tests.csv")
+    assert list(tests_csv.columns) == PAIRED_COLUMNS
+    assert tests_csv.set_index("comparison").loc["B vs A", "seed_sd"] == pytest.approx(math.sqrt(50.0))
     t7 = pd.read_csv(out / "table7.csv")
     assert t7.loc[t7["row_id"] == "A", "R@1_delta"].item() == pytest.approx(55.0 - 32.8)
 

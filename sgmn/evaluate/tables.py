@@ -8,8 +8,12 @@ reproduces are listed too, with NaN measurements, so every table is complete.
 
 Paired tests (frame ``paired_tests``) compare two variants on the same queries and seeds:
 Table 7 each row against the previous one (B vs A, C vs B, ...) and E vs A; Table 1 SGMN vs
-SGMN w/o TE. Each gives the R@1 difference (B - A, in points), a 95% paired-bootstrap CI over
-queries and an exact McNemar p-value on the discordant pairs pooled over seeds.
+SGMN w/o TE. Each gives the R@1 difference (B - A, in points), the difference on each seed
+alone and their standard deviation, an exact McNemar p-value on the discordant pairs pooled over
+seeds and a 95% CI from a two-level bootstrap: training seeds are resampled with replacement,
+then each drawn seed's queries, so the interval counts how much a result moves from one training
+seed to the next as well as which queries the test set happens to hold. That CI alone decides
+each test's verdict (``direction``).
 
 The numbers are measured on whatever dataset the runs used (LPR-Synth by default, not LPR4M):
 only directions and orderings are comparable with the paper, not the values.
@@ -47,7 +51,9 @@ N_BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
 PAIRED_COLUMNS = ["table", "comparison", "variant_a", "variant_b", "seeds", "n_pairs", "R@1_a", "R@1_b",
                   "diff", "ci_low", "ci_high", "p_mcnemar", "n_a_only", "n_b_only", "per_seed_diff",
-                  "paper_diff", "direction"]
+                  "seed_sd", "paper_diff", "direction"]
+CI_METHOD = "two-level bootstrap: seeds, then queries within seed"
+_BOOT_CELLS = 4_000_000  # resampled queries held at once (bounds the bootstrap's memory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,54 +95,80 @@ def paired_test(a: Mapping[int, pd.DataFrame], b: Mapping[int, pd.DataFrame], k:
     ``a`` and ``b`` map a seed to that run's per-query table (columns ``video_id``,
     ``hit@{k}``, optionally ``miss_reason``). Returns ``seeds``, ``n_pairs``, ``n_queries``,
     ``R@k_a``, ``R@k_b`` (pooled over the pairs, in %), ``diff`` (B - A, in points),
-    ``ci_low``/``ci_high`` (95% paired bootstrap over queries: video_ids are resampled with
-    replacement, the same resample for every seed; fixed RNG seed), ``p_mcnemar`` (exact
-    two-sided binomial test on the discordant pairs pooled over seeds; 1.0 with none),
-    ``n_a_only``/``n_b_only`` (pairs only A / only B hits) and ``per_seed_diff``
-    (seed -> B - A in points).
+    ``ci_low``/``ci_high`` (the 95% CI of the difference, see below), ``ci_method``,
+    ``p_mcnemar`` (exact two-sided binomial test on the discordant pairs pooled over seeds; 1.0
+    with none), ``n_a_only``/``n_b_only`` (pairs only A / only B hits), ``per_seed_diff``
+    (seed -> B - A in points on that seed's pairs) and ``seed_sd`` (sample standard deviation of
+    the per-seed differences; NaN with fewer than two seeds).
+
+    The CI is a two-level percentile bootstrap (``n_boot`` replicates, fixed ``rng_seed``): each
+    replicate draws S seeds with replacement from the S seeds with pairs, then for each drawn
+    seed resamples that seed's queries with replacement (independently for every draw), and
+    takes B - A as the mean over all the replicate's (seed, query) pairs. It therefore widens
+    with the seed-to-seed spread of the difference, not only with the query sampling; with a
+    single seed it is the ordinary paired bootstrap over that seed's queries. With two or three
+    seeds the seed level can only reshuffle those few seeds, so read the CI beside
+    ``per_seed_diff``.
     """
     from scipy import stats
 
     seeds = sorted(set(a) & set(b))
-    parts, per_seed = [], {}
+    per_seed: dict[int, float] = {}
+    deltas: list[np.ndarray] = []  # per seed with pairs: hit_b - hit_a per common query
+    ha_all, hb_all, queries = [], [], set()
     for s in seeds:
         ha, hb = _hits(a[s], k), _hits(b[s], k)
         common = ha.index.intersection(hb.index, sort=False)
         if len(common) == 0:
             continue
-        pair = pd.DataFrame({"video_id": common, "a": ha.loc[common].to_numpy(), "b": hb.loc[common].to_numpy()})
-        parts.append(pair)
-        per_seed[s] = 100.0 * (pair["b"].mean() - pair["a"].mean())
-    out = {"seeds": [s for s in seeds if s in per_seed], "n_pairs": 0, "n_queries": 0,
+        xa, xb = ha.loc[common].to_numpy(bool), hb.loc[common].to_numpy(bool)
+        queries.update(common)
+        ha_all.append(xa)
+        hb_all.append(xb)
+        deltas.append(xb.astype(float) - xa.astype(float))
+        per_seed[s] = float(100.0 * (xb.mean() - xa.mean()))
+    seed_sd = float(np.std(list(per_seed.values()), ddof=1)) if len(per_seed) >= 2 else math.nan
+    out = {"seeds": list(per_seed), "n_pairs": 0, "n_queries": 0,
            f"R@{k}_a": math.nan, f"R@{k}_b": math.nan, "diff": math.nan, "ci_low": math.nan,
-           "ci_high": math.nan, "p_mcnemar": math.nan, "n_a_only": 0, "n_b_only": 0, "per_seed_diff": per_seed}
-    if not parts:
+           "ci_high": math.nan, "ci_method": CI_METHOD, "p_mcnemar": math.nan, "n_a_only": 0, "n_b_only": 0,
+           "per_seed_diff": per_seed, "seed_sd": seed_sd}
+    if not deltas:
         return out
-    pairs = pd.concat(parts, ignore_index=True)
-    ha, hb = pairs["a"].to_numpy(bool), pairs["b"].to_numpy(bool)
-    n = len(pairs)
+    ha, hb = np.concatenate(ha_all), np.concatenate(hb_all)
+    n = ha.size
     a_only, b_only = int((ha & ~hb).sum()), int((~ha & hb).sum())
     n_disc = a_only + b_only
     p = float(stats.binomtest(b_only, n_disc, 0.5).pvalue) if n_disc else 1.0
+    boot = _two_level_bootstrap(deltas, n_boot, rng_seed)
+    lo, hi = np.percentile(100.0 * boot, [2.5, 97.5])
+    out.update({"n_pairs": n, "n_queries": len(queries), f"R@{k}_a": 100.0 * ha.mean(),
+                f"R@{k}_b": 100.0 * hb.mean(), "diff": 100.0 * (hb.mean() - ha.mean()),
+                "ci_low": float(lo), "ci_high": float(hi), "p_mcnemar": p, "n_a_only": a_only,
+                "n_b_only": b_only})
+    return out
 
-    # per video_id: summed (hit_b - hit_a) over seeds and its number of pairs; a resample of
-    # video_ids then carries every seed's pair of that video along.
-    codes, uniques = pd.factorize(pairs["video_id"], sort=True)
-    d = np.bincount(codes, weights=hb.astype(float) - ha.astype(float), minlength=len(uniques))
-    c = np.bincount(codes, minlength=len(uniques)).astype(float)
+
+def _two_level_bootstrap(deltas: list[np.ndarray], n_boot: int, rng_seed: int) -> np.ndarray:
+    """``n_boot`` replicates of the mean paired difference (fractions, not points): seeds drawn
+    with replacement from ``deltas`` (one array of per-query differences per seed), then each
+    drawn seed's queries with replacement. Loops over seeds and chunks of replicates only."""
     rng = np.random.default_rng(rng_seed)
-    v = len(uniques)
-    chunk = max(1, min(n_boot, 4_000_000 // max(v, 1)))  # bounded memory on large test sets
+    n_seeds = len(deltas)
+    sizes = np.array([d.size for d in deltas], dtype=float)
+    chunk = max(1, min(n_boot, _BOOT_CELLS // max(1, n_seeds * int(sizes.max()))))
     boot = np.empty(n_boot)
     for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        idx = rng.integers(0, v, size=(stop - start, v))
-        boot[start:stop] = d[idx].sum(axis=1) / c[idx].sum(axis=1)
-    lo, hi = np.percentile(100.0 * boot, [2.5, 97.5])
-    out.update({"n_pairs": n, "n_queries": v, f"R@{k}_a": 100.0 * ha.mean(), f"R@{k}_b": 100.0 * hb.mean(),
-                "diff": 100.0 * (hb.mean() - ha.mean()), "ci_low": float(lo), "ci_high": float(hi),
-                "p_mcnemar": p, "n_a_only": a_only, "n_b_only": b_only})
-    return out
+        r = min(n_boot, start + chunk) - start
+        drawn = rng.integers(0, n_seeds, size=(r, n_seeds))          # level 1: seeds
+        total = np.zeros(r)
+        for j, d in enumerate(deltas):                                 # level 2: queries
+            rep = np.nonzero(drawn == j)[0]  # one entry per draw of seed j, naming its replicate
+            if rep.size == 0:
+                continue
+            idx = rng.integers(0, d.size, size=(rep.size, d.size))
+            total += np.bincount(rep, weights=d[idx].sum(axis=1), minlength=r)
+        boot[start:start + r] = total / sizes[drawn].sum(axis=1)
+    return boot
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +312,8 @@ def build_tables(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable |
                           "R@1_a": res["R@1_a"], "R@1_b": res["R@1_b"], "diff": res["diff"],
                           "ci_low": res["ci_low"], "ci_high": res["ci_high"], "p_mcnemar": res["p_mcnemar"],
                           "n_a_only": res["n_a_only"], "n_b_only": res["n_b_only"],
-                          "per_seed_diff": json.dumps({str(s): round(d, 4) for s, d in res["per_seed_diff"].items()})})
+                          "per_seed_diff": json.dumps({str(s): round(d, 4) for s, d in res["per_seed_diff"].items()}),
+                          "seed_sd": res["seed_sd"]})
             tests[-1]["paper_diff"] = float(published.get(x, math.nan) - published.get(y, math.nan))
             tests[-1]["direction"] = direction(res["diff"], res["ci_low"], res["ci_high"], tests[-1]["paper_diff"])
     out["paired_tests"] = pd.DataFrame(tests, columns=PAIRED_COLUMNS)
@@ -304,6 +337,15 @@ def _pm(mean: float, half: float) -> str:
 
 def _signed(x: float) -> str:
     return "–" if math.isnan(x) else f"{x:+.1f}"
+
+
+def _per_seed(per_seed) -> str:
+    """``"+1.2 / -0.3 / +0.8"`` from a seed -> diff mapping (or its JSON, as in the CSV)."""
+    if isinstance(per_seed, str):
+        per_seed = json.loads(per_seed)
+    if not isinstance(per_seed, Mapping) or not per_seed:
+        return "–"
+    return " / ".join(_signed(float(per_seed[s])) for s in sorted(per_seed, key=int))
 
 
 def header(dataset: str = "LPR-Synth", synthetic: bool = True) -> str:
@@ -336,9 +378,12 @@ def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", 
     tests = tables.get("paired_tests")
     lines += ["## Paired tests (R@1)", "",
               "diff = R@1 of the first minus the second, in points, on the (seed, query) pairs of "
-              "both; CI: 95% paired bootstrap over queries (2000 resamples); p: exact McNemar test "
-              "on the discordant pairs pooled over seeds; paper: the published difference; "
-              "direction: agrees / opposite when the CI excludes 0, n.s. when it does not.", ""]
+              f"both; CI: 95% two-level paired bootstrap ({N_BOOTSTRAP} resamples: the seeds drawn "
+              "with replacement, then each drawn seed's queries), so it counts the seed-to-seed "
+              "training noise as well as the query sampling; per-seed: diff on each seed alone, in "
+              "the order of seeds; p: exact McNemar test on the discordant pairs pooled over seeds "
+              "(query noise only, for reference); paper: the published difference; direction: "
+              "agrees / opposite when the CI excludes 0, n.s. when it does not.", ""]
     if tests is None or tests.empty:
         lines += ["No paired tests: no two compared rows have runs with common seeds.", ""]
     else:
@@ -349,6 +394,7 @@ def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", 
             "R@1 first": tests["R@1_b"].map(_num), "R@1 second": tests["R@1_a"].map(_num),
             "diff": tests["diff"].map(_signed),
             "95% CI": [f"[{lo:+.1f}, {hi:+.1f}]" for lo, hi in zip(tests["ci_low"], tests["ci_high"])],
+            "per-seed": tests["per_seed_diff"].map(_per_seed),
             "p (McNemar)": tests["p_mcnemar"].map(lambda p: _num(p, ".3g")),
             "paper": tests["paper_diff"].map(_signed), "direction": tests["direction"],
         })
