@@ -82,7 +82,7 @@ def lpr(tmp_path_factory) -> Path:
 def mf(tmp_path_factory) -> Path:
     # every near-duplicate test video doubly listed, so the two-ground-truth case is present
     return generate(tmp_path_factory.mktemp("mf") / "smoke", "smoke", seed=0, fmt="movingfashion",
-                    overrides={"mf_two_gt_rate": 1.0, "near_duplicate_rate": 0.5}, progress=False)
+                    overrides={"mf_two_gt_rate": 1.0, "near_twin_rate": 0.5}, progress=False)
 
 
 # --------------------------------------------------------------------------- determinism
@@ -101,7 +101,7 @@ def test_other_seed_gives_other_data(lpr, tmp_path):
 
 def test_movingfashion_is_deterministic(mf, tmp_path):
     again = generate(tmp_path / "again", "smoke", seed=0, fmt="movingfashion",
-                     overrides={"mf_two_gt_rate": "1", "near_duplicate_rate": "0.5"}, progress=False)
+                     overrides={"mf_two_gt_rate": "1", "near_twin_rate": "0.5"}, progress=False)
     assert tree_hash(again) == tree_hash(mf)
 
 
@@ -194,9 +194,13 @@ def test_titles_only_for_main_images_and_splits_disjoint(lpr):
     for i in test_images:
         assert (i in titles) == (products[i]["view"] == "main"), i
     assert any(products[i]["view"] == "second" for i in test_images)
+    details = 0
     for i, title in titles.items():
         a = products[i]["attributes"]
-        assert a["colour"] in title and a["category"] in title and a["accent"] in title
+        assert a["colour"] in title and a["category"] in title
+        details += f"with {a['accent']} trim" in title
+    # titles name the small details only sometimes (title_detail_rate)
+    assert 0 < details < len(titles)
 
     rows = read_training(lpr)
     train_lives = {CLIP_RE.match(f[0]).group(1) for f in rows}
@@ -231,6 +235,22 @@ def test_hidden_truth_matches_files(lpr):
     for p in products.values():
         dup += p["near_duplicate_of"] is not None
     assert dup > 0
+    # v2: every clip records its frames' depth order (a permutation of the visible boxes),
+    # their times in seconds and the sold product's speed
+    for video_id, _, boxes in truths:
+        c = clips[video_id]
+        assert [sorted(d) for d in c["depth_order"]] == [list(range(len(f))) for f in boxes]
+        assert len(c["times_s"]) == len(c["target_speed"]) == len(boxes)
+    # variants of a design share a family id and differ in exactly one attribute group
+    families: dict[str, list[dict]] = {}
+    for p in products.values():
+        if p["view"] == "main" and p["family_id"]:
+            families.setdefault(p["family_id"], []).append(p["attributes"])
+    assert families
+    for members in families.values():
+        for a in members[1:]:
+            changed = {k for k in a if a[k] != members[0][k]}
+            assert changed and changed <= {"colour", "accent", "pattern", "badge"}, (members[0], a)
 
 
 def test_every_subset_value_occurs(tmp_path):
@@ -300,7 +320,8 @@ def test_make_config_parses_cli_strings():
     ("smoke", {"gap": True}, "expects float"),
     ("smoke", {"distractors": "1,2,3"}, "range"),
     ("smoke", {"distractors": "6,0"}, "lo > hi"),
-    ("smoke", {"near_duplicate_rate": 1.5}, "probability"),
+    ("smoke", {"near_twin_rate": 1.5}, "probability"),
+    ("smoke", {"family_size": "1,3"}, "at least 2"),
     ("smoke", {"image_size": 63}, "even"),
     ("smoke", {"test_lives": 0}, ">= 1"),
 ])

@@ -8,65 +8,83 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FORMATS = ("lpr4m", "movingfashion")
 
 
 @dataclass(frozen=True)
 class SynthConfig:
     """Every knob of the generator. Ranges are inclusive (lo, hi) and drawn uniformly per clip
-    unless the comment says otherwise; magnitudes marked [gap] are multiplied by `gap`."""
+    unless the comment says otherwise; magnitudes marked [gap] are multiplied by `gap`.
+    docs/lpr_synth.md gives the real-world reason for every default."""
     # --- sizes
     image_size: int = 64                      # side (px) of frames and shop images; drawn at 2x
     train_lives: int = 40                     # training livestreams (= shops)
     train_products: int = 12                  # products per training shop
     train_clips_per_live: int = 100           # training clips per shop
     train_frames: tuple[int, int] = (6, 12)   # frames per training clip (1 fps); < 10 exercises padding
-    test_lives: int = 12                      # test livestreams, disjoint from the training ones
+    test_lives: int = 30                      # test livestreams, disjoint from the training ones
     test_products: int = 16                   # products per test shop (gallery = their images)
-    test_clips_per_live: int = 34             # test queries per shop
+    test_clips_per_live: int = 80             # test queries per shop
     test_frames: int = 10                     # frames per test clip (1 per 3 s), all annotated
     mf_train_clips_per_live: int = 40         # MF-Synth training videos per shop (longer than clips)
     mf_frames: tuple[int, int] = (16, 24)     # MF-Synth frames per video (10 fps)
-    # --- shops: near-identical products (dilemma 3)
+    # --- shops: variant families (dilemma 3)
     categories_per_live: tuple[int, int] = (1, 2)  # focus categories of a shop
     category_focus: float = 0.85              # P(product of a focus category), else any category
-    near_duplicate_rate: float = 0.25         # P(product = a shop product with another badge / trim)
+    near_twin_rate: float = 0.5               # share of a shop's products that have a variant sibling in the shop
+    family_size: tuple[int, int] = (2, 4)     # variants per design family
+    shared_design_rate: float = 0.3           # P(a family's design is also sold, in other variants, by other shops)
     second_view_rate: float = 0.3             # P(test product has a 2nd, rotated + re-cropped image)
+    title_detail_rate: float = 0.6            # P(a title names the trim and badge, the small details)
     # --- distractors (dilemma 1)
     distractors: tuple[int, int] = (0, 10)    # other shop products in a clip (<= products - 1)
-    distractor_scale: tuple[float, float] = (0.45, 0.85)  # their size relative to the sold product
+    distractor_scale: tuple[float, float] = (0.4, 1.2)  # their size relative to the sold product
+    front_rate: float = 0.15                  # P(a distractor stands in front, on the table's near edge)
+    sibling_in_view: float = 0.5              # P(a variant sibling of the sold product is among the distractors)
+    touch_rate: float = 0.3                   # P(the seller briefly handles a distractor in a clip)
+    # --- the seller handles the sold product (time in seconds; frames are 1 s / 3 s apart)
+    handling: float = 1.0                     # multiplier of every handling motion; 0 = held still
+    hand_rate: float = 0.85                   # P(a hand grips the sold product while it is held)
+    segment_s: tuple[float, float] = (2.0, 8.0)  # duration of one behaviour (hold, move, show, rest)
+    move_speed: float = 0.12                  # mean speed (frame sides / s) of a move or a lift
+    show_zoom: float = 1.8                    # size factor when brought to the camera
+    motion_blur: float = 1.5                  # blur sigma (output px) per unit of speed (frame sides / s)
+    # --- within-clip variation (turns, occlusion, host-only frames)
+    variation: float = 1.0                    # multiplies turn_rate, occlusion_rate and host_shots
+    turn_rate: float = 0.35                   # P(a behaviour includes a turn about the vertical axis)
+    turn_max: float = 180.0                   # max yaw of a turn (deg); past 90 the back shows, badge hidden
+    occlusion_rate: float = 0.3               # P(clip has occlusion events)
+    occluded_frames: tuple[float, float] = (0.1, 0.4)  # in such clips, fraction of frames with one
+    occlusion_full_rate: float = 0.4          # P(event hides it: big hand or out of frame), else partial
+    host_shots: tuple[float, float] = (0.0, 0.5)  # fraction of host-only frames: lo + (hi-lo) * u^2
     # --- clip/shop appearance gap (dilemma 2)
     gap: float = 1.0                          # multiplies every [gap] magnitude; 0 = no gap
-    scale: tuple[float, float] = (0.22, 0.95)  # sold product's size (extent / frame side) per clip
-    rotation: float = 35.0                    # [gap] max |in-plane rotation| (deg) of each product
-    shear: float = 0.25                       # [gap] max |affine shear|
-    perspective: float = 0.35                 # [gap] max foreshortening (yaw squash, pitch tilt)
+    scale: tuple[float, float] = (0.22, 0.5)  # sold product's size (extent / frame side) while held
+    rotation: float = 20.0                    # [gap] max |in-plane rotation| (deg) of the held product
+    shear: float = 0.15                       # [gap] max |affine shear|
+    perspective: float = 0.3                  # [gap] max foreshortening (pitch tilt)
     flip_rate: float = 0.3                    # [gap] P(product seen mirrored); capped at 1
     brightness: float = 40.0                  # [gap] max |exposure offset| (0-255 scale)
     contrast: tuple[float, float] = (0.7, 1.3)  # [gap] contrast factor (its deviation from 1 scaled)
     color_cast: float = 0.15                  # [gap] max |white-balance gain - 1| per channel
-    blur: tuple[float, float] = (0.0, 1.0)    # [gap] gaussian sigma (output px) per clip, x0.6-1.4 per frame
-    motion: float = 0.25                      # [gap] max drift of the sold product over a clip (frame units)
-    motion_zoom: float = 0.25                 # [gap] max relative size change over a clip
-    motion_rotation: float = 20.0             # [gap] max rotation change over a clip (deg)
-    shake: float = 0.02                       # [gap] std of per-frame camera shake (frame units)
-    occlusion_rate: float = 0.4               # P(clip has occlusion events)
-    occluded_frames: tuple[float, float] = (0.1, 0.6)  # in such clips, fraction of frames with one
-    occlusion_full_rate: float = 0.5          # P(event hides it: big hand or out of frame), else partial
-    host_shots: tuple[float, float] = (0.0, 0.7)  # fraction of host-only frames: lo + (hi-lo) * u^2
+    blur: tuple[float, float] = (0.0, 0.6)    # [gap] focus blur sigma (output px) per clip, x0.6-1.4 per frame
+    shake: float = 0.004                      # [gap] std of per-frame tripod shake (frame units)
+    host_motion: float = 0.04                 # amplitude of the host's sway (frame units)
     min_visible: float = 0.3                  # a product is boxed when >= this fraction is visible
     noise: float = 5.0                        # std of background sensor noise (0-255 scale)
     # --- ASR text
     asr_empty_rate: float = 0.03              # P(empty ASR)
-    asr_error_rate: float = 0.1               # P(word substituted / dropped / followed by an insertion)
+    asr_error_rate: float = 0.2               # P(word substituted / dropped / followed by an insertion)
+    asr_synonym_rate: float = 0.5             # P(an attribute is said with a word titles do not use)
     asr_distractor_rate: float = 0.15         # P(ASR also names a distractor's colour and category)
-    asr_attributes: tuple[int, int] = (1, 4)  # how many of the sold product's attributes are named
+    asr_previous_rate: float = 0.15           # P(ASR also names the product of the previous clip)
+    asr_attributes: tuple[int, int] = (0, 3)  # how many of the sold product's attributes are named
     # --- MF-Synth
     mf_hard_rate: float = 0.3                 # P(product is "hard", source 2): +3 distractors, gap x1.5
     mf_two_gt_rate: float = 0.05              # P(test video also listed under its near-duplicate)
     # --- files
-    jpeg_quality: int = 90                    # quality of every JPEG (fixed: bytes are reproducible)
+    jpeg_quality: int = 90                    # fixed JPEG quality (bytes are reproducible)
 
 
 _DEFAULT = SynthConfig()
@@ -75,16 +93,18 @@ PRESETS: dict[str, SynthConfig] = {
     "smoke": dataclasses.replace(_DEFAULT, train_lives=3, train_products=6, train_clips_per_live=14,
                                  test_lives=2, test_products=6, test_clips_per_live=10,
                                  mf_train_clips_per_live=8, mf_frames=(12, 16)),
-    # The main CPU experiment: ~4000 training clips, 408 test queries.
+    # The main CPU experiment: 4000 training clips, 2400 test queries in 30 shops.
     "default": _DEFAULT,
-    # For a GPU: 10x the clips of default, more test shops (LPR4M's test set has 110 lives).
-    "large": dataclasses.replace(_DEFAULT, train_lives=400, test_lives=40, test_products=24,
-                                 test_clips_per_live=100),
+    # For a GPU: 10x the training clips of default, more test shops (LPR4M's test set has 110 lives).
+    "large": dataclasses.replace(_DEFAULT, train_lives=400, test_lives=110, test_products=24,
+                                 test_clips_per_live=80),
 }
 
-_RATES = ("category_focus", "near_duplicate_rate", "second_view_rate", "flip_rate", "occlusion_rate",
-          "occlusion_full_rate", "min_visible", "asr_empty_rate", "asr_error_rate",
-          "asr_distractor_rate", "mf_hard_rate", "mf_two_gt_rate")
+_RATES = ("category_focus", "near_twin_rate", "shared_design_rate", "second_view_rate",
+          "title_detail_rate", "front_rate", "sibling_in_view", "touch_rate", "hand_rate", "turn_rate",
+          "flip_rate", "occlusion_rate", "occlusion_full_rate", "min_visible", "asr_empty_rate",
+          "asr_error_rate", "asr_synonym_rate", "asr_distractor_rate", "asr_previous_rate",
+          "mf_hard_rate", "mf_two_gt_rate")
 _FRACTION_RANGES = ("occluded_frames", "host_shots")
 _POSITIVE_INTS = ("train_lives", "train_products", "train_clips_per_live", "test_lives",
                   "test_products", "test_clips_per_live", "test_frames", "mf_train_clips_per_live")
@@ -154,6 +174,12 @@ def _validate(cfg: SynthConfig) -> None:
         fail("train_frames" if cfg.train_frames[0] < 1 else "mf_frames", "needs >= 1 frame")
     if cfg.categories_per_live[0] < 1:
         fail("categories_per_live", "needs >= 1 category")
+    if cfg.family_size[0] < 2:
+        fail("family_size", "a family has at least 2 variants")
+    if cfg.segment_s[0] <= 0:
+        fail("segment_s", "behaviours last > 0 s")
+    if cfg.turn_max > 360:
+        fail("turn_max", "must be <= 360 degrees")
     if not (0 < cfg.scale[0] and cfg.scale[1] <= 2):
         fail("scale", "must lie in (0, 2]")
     if not 1 <= cfg.jpeg_quality <= 100:

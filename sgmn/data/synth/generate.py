@@ -2,6 +2,7 @@
 index files of the chosen format, built in a hidden sibling directory and renamed at the end."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -14,11 +15,10 @@ import numpy as np
 
 from sgmn.data.synth import files, lpr4m_writer, mf_writer
 from sgmn.data.synth import render as R
-from sgmn.data.synth import text as T
 from sgmn.data.synth.config import FORMATS, SynthConfig, make_config
 from sgmn.data.synth.files import LiveResult
-from sgmn.data.synth.scene import shop_images, simulate_clip
-from sgmn.data.synth.world import TEST, TRAIN, make_shop, seeded
+from sgmn.data.synth.scene import ClipStreams, shop_images, simulate_clip
+from sgmn.data.synth.world import TEST, TRAIN, design_pool, make_shop, seeded
 
 TRAIN_FRAME_MS, TEST_FRAME_MS = 1000, 3000  # LPR4M: 1 fps training frames, 1 frame / 3 s test
 CLIP_SLOT_MS = 120_000    # clip k of a live starts in [k * slot, k * slot + slot / 4)
@@ -45,9 +45,17 @@ def run_live(job: LiveJob, tick=None) -> LiveResult:
     cfg, root, mf = job.cfg, Path(job.root), job.fmt == "movingfashion"
     shop_rng = seeded(job.seed, job.split, job.index, 0)
     # MovingFashion has one image per product; LPR4M test shops have several per product
-    shop = make_shop(cfg, shop_rng, job.split, R.GARMENTS if mf else R.CATEGORIES,
-                     second_views=job.split == TEST and not mf)
+    categories = R.GARMENTS if mf else R.CATEGORIES
+    shop = make_shop(cfg, shop_rng, job.split, categories, second_views=job.split == TEST and not mf,
+                     pool=design_pool(cfg, job.seed, job.split, categories))
     sprites = [R.make_sprite(p.attrs, 2 * cfg.image_size) for p in shop.products]
+    backs: dict[int, R.Sprite] = {}
+
+    def back_sprite(i: int) -> R.Sprite:  # seen from behind: the badge on the front is hidden
+        if i not in backs:
+            backs[i] = R.make_sprite(dataclasses.replace(shop.products[i].attrs, badge="none"), 2 * cfg.image_size)
+        return backs[i]
+
     test = job.split == TEST
     n_clips = clips_per_live(cfg, job.split, mf)
     res = LiveResult(n_clips)
@@ -67,16 +75,19 @@ def run_live(job: LiveJob, tick=None) -> LiveResult:
             if image_id:
                 res.meta_products[image_id] = {
                     "product_id": p.product_id, "attributes": p.attrs.as_dict(), "category_id": cat,
-                    "near_duplicate_of": p.near_duplicate_of, "view": view}
+                    "near_duplicate_of": p.near_duplicate_of, "family_id": p.family_id, "view": view}
         if test:
-            res.titles.append((p.image_id, T.title(p.attrs)))
+            res.titles.append((p.image_id, p.title))
     if test and not mf:
         gallery = [i for p in shop.products for i in (p.image_id, p.second_image_id) if i]
         res.gallery = (shop.live_id, [gallery[i] for i in shop_rng.permutation(len(gallery))])
 
+    # which product each clip sells: the live's own stream, so the previous clip's is known
+    targets = seeded(job.seed, job.split, job.index, 2).integers(len(shop.products), size=n_clips)
     for c in range(n_clips):
         rng = seeded(job.seed, job.split, job.index, 1, c)
-        target = int(rng.integers(len(shop.products)))
+        streams = ClipStreams(*(seeded(job.seed, job.split, job.index, 1, c, k) for k in range(1, 7)))
+        target = int(targets[c])
         if mf:
             n_frames = int(rng.integers(cfg.mf_frames[0], cfg.mf_frames[1] + 1))
         else:
@@ -85,12 +96,13 @@ def run_live(job: LiveJob, tick=None) -> LiveResult:
         frame_ms = 1000 // mf_writer.MF_FPS if mf else TEST_FRAME_MS if test else TRAIN_FRAME_MS
         end = start + n_frames * frame_ms
         clip_id = f"{shop.live_id}-{start}-{end}"
-        truth = simulate_clip(cfg, shop, sprites, rng, clip_id, n_frames, target,
-                              hard=bool(mf and hard[target]))
+        truth = simulate_clip(cfg, shop, sprites, back_sprite, streams, clip_id, n_frames, frame_ms / 1000,
+                              target, hard=bool(mf and hard[target]))
         if mf:
-            mf_writer.emit_clip(res, cfg, shop, truth, rng, root, test)
+            mf_writer.emit_clip(res, cfg, shop, truth, streams.text, root, test)
         else:
-            lpr4m_writer.emit_clip(res, cfg, shop, truth, rng, root, test)
+            lpr4m_writer.emit_clip(res, cfg, shop, truth, streams.text, root, test,
+                                   previous=int(targets[c - 1]) if c else None)
         if tick is not None:
             tick()
     return res

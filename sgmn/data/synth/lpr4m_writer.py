@@ -15,7 +15,9 @@ from sgmn.data.synth.world import Shop
 
 
 def emit_clip(res: LiveResult, cfg: SynthConfig, shop: Shop, truth: ClipTruth, rng,
-                   root: Path, test: bool) -> None:
+              root: Path, test: bool, previous: int | None = None) -> None:
+    """Write one clip's frames and record its annotations; `rng` is the clip's text stream and
+    `previous` the product sold in the clip before (ASR sometimes names it)."""
     clip_dir = root / "frames" / truth.clip_id
     clip_dir.mkdir()
     for frame_id, img in zip(truth.frame_ids, truth.frames):
@@ -23,12 +25,15 @@ def emit_clip(res: LiveResult, cfg: SynthConfig, shop: Shop, truth: ClipTruth, r
     product = shop.products[truth.target]
     text, mentions = T.asr(rng, product.attrs, [shop.products[i].attrs for i in truth.distractors],
                            empty_rate=cfg.asr_empty_rate, error_rate=cfg.asr_error_rate,
-                           distractor_rate=cfg.asr_distractor_rate, n_attributes=cfg.asr_attributes)
+                           distractor_rate=cfg.asr_distractor_rate, n_attributes=cfg.asr_attributes,
+                           synonym_rate=cfg.asr_synonym_rate, previous_rate=cfg.asr_previous_rate,
+                           previous=None if previous is None else shop.products[previous].attrs)
     cat_id, cat_name = files.category_id(product.attrs.category), product.attrs.category
     res.meta_clips[truth.clip_id] = {
         "product_image_id": product.image_id, "target_box_index": truth.target_index,
         "distractor_image_ids": [shop.products[i].image_id for i in truth.distractors],
-        "asr_mentions_distractor": mentions}
+        "asr_mentions_distractor": mentions, "depth_order": truth.depth_order,
+        "times_s": truth.times_s, "target_speed": truth.speed}
     if test:
         res.asr.append((truth.clip_id, text))
         res.gt[truth.clip_id] = [i for i in (product.image_id, product.second_image_id) if i]
@@ -37,7 +42,7 @@ def emit_clip(res: LiveResult, cfg: SynthConfig, shop: Shop, truth: ClipTruth, r
         return
     labels = subset_labels(truth.boxes)
     fields = [truth.clip_id, files.dumps(truth.frame_ids), files.dumps(truth.boxes), product.image_id,
-              T.title(product.attrs), str(cat_id), cat_name, text,
+              product.title, str(cat_id), cat_name, text,
               labels["scale"], labels["duration"], labels["count"]]
     res.train_lines.append("\t".join(fields))
 

@@ -31,7 +31,18 @@ COLOURS: dict[str, RGB] = {
     "green": (50, 155, 60), "teal": (30, 148, 150), "blue": (40, 80, 200),
     "purple": (128, 60, 170), "pink": (236, 122, 172), "brown": (128, 78, 38),
     "gray": (125, 125, 128),
+    # v2: neighbouring hues, so a design can come in colourways that are easy to confuse
+    "coral": (240, 100, 90), "navy": (30, 45, 120), "olive": (110, 120, 40),
+    "mustard": (200, 160, 40), "lavender": (170, 140, 210), "tan": (190, 150, 100),
+    "mint": (120, 200, 170), "maroon": (120, 25, 40),
 }
+
+
+def neighbour_colours(name: str, k: int = 2) -> tuple[str, ...]:
+    """The k main colours nearest `name` in RGB: the colourways a design's variants come in."""
+    ref = np.array(COLOURS[name], float)
+    others = sorted((float(np.linalg.norm(np.array(c, float) - ref)), n) for n, c in COLOURS.items() if n != name)
+    return tuple(n for _, n in others[:k])
 # Trim / badge colours; an accent equal to the main colour is never drawn (it would be invisible).
 ACCENTS: dict[str, RGB] = {
     "white": (250, 250, 250), "black": (22, 22, 22), "gold": (214, 172, 50),
@@ -99,11 +110,12 @@ class Placed:
 
 @dataclass
 class Occluder:
-    """A hand in front of the sold product (render pixels)."""
+    """A hand in front of a product (render pixels), with its forearm reaching to `arm_to`."""
     cx: float
     cy: float
     r: float
     colour: RGB
+    arm_to: tuple[float, float] | None = None
 
 
 # --------------------------------------------------------------------------- silhouettes
@@ -356,6 +368,15 @@ def place(sprite: Sprite, pose: Pose, res: int, margin: int = 0) -> Placed | Non
     return Placed(patch, x0, y0, mask, sprite.area * m * m * pose.squash)
 
 
+def blurred(pl: Placed | None, sigma: float) -> Placed | None:
+    """Motion blur of one moving object: its warped patch (colour and alpha) blurred by `sigma`
+    render px, the silhouette mask kept (boxes are annotated on the object, not its smear)."""
+    if pl is None or sigma < 0.1:
+        return pl
+    radius = (math.sqrt(12 * sigma * sigma + 1) - 1) / 2
+    return Placed(pl.patch.filter(ImageFilter.BoxBlur(radius)), pl.x0, pl.y0, pl.mask, pl.area_total)
+
+
 def shifted(pl: Placed | None, dx: int, dy: int) -> Placed | None:
     """The same warped sprite moved by whole pixels (camera shake on a static product)."""
     if pl is None:
@@ -370,26 +391,47 @@ def noise_tile(rng: np.random.Generator, res: int, sigma: float) -> np.ndarray:
     return (rng.standard_normal((2 * res, 2 * res, 3), dtype=np.float32) * sigma)
 
 
-def draw_host(draw: ImageDraw.ImageDraw, rng: np.random.Generator, res: int, close: bool) -> None:
-    """A seller: head and torso. `close` = host shot, the camera on the host and no product."""
+@dataclass
+class Host:
+    """The seller as drawn in the background: head and torso (frame units)."""
+    cx: float
+    top: float
+    head_r: float
+    skin: RGB
+    shirt: RGB
+    hair: RGB
+
+
+def sample_host(rng: np.random.Generator, close: bool) -> Host:
+    """A seller. `close` = host shot, the camera on the host and no product."""
     skin = SKIN[rng.integers(len(SKIN))]
     shirt = tuple(int(c) for c in rng.integers(30, 220, 3))
     hair = tuple(int(c) for c in rng.integers(10, 90, 3))
     if close:
         cx, head_r, top = rng.uniform(0.35, 0.65), rng.uniform(0.2, 0.28), rng.uniform(0.1, 0.25)
-    else:  # off to one side, behind the products
-        side = rng.uniform(0.08, 0.3)
+    else:  # off to one side, behind the table
+        side = rng.uniform(0.1, 0.3)
         cx = side if rng.random() < 0.5 else 1.0 - side
-        head_r, top = rng.uniform(0.08, 0.13), rng.uniform(0.05, 0.3)
-    hx, hy, r = cx * res, (top + head_r) * res, head_r * res
-    draw.rounded_rectangle([hx - 2.4 * r, hy + 1.1 * r, hx + 2.4 * r, res + r], radius=r, fill=shirt)
-    draw.ellipse([hx - 1.05 * r, hy - 1.15 * r, hx + 1.05 * r, hy + 0.6 * r], fill=hair)
-    draw.ellipse([hx - 0.85 * r, hy - 0.95 * r, hx + 0.85 * r, hy + 1.1 * r], fill=skin)
+        head_r, top = rng.uniform(0.08, 0.12), rng.uniform(0.08, 0.25)
+    return Host(float(cx), float(top), float(head_r), skin, shirt, hair)
 
 
-def background(rng: np.random.Generator, res: int, palette: tuple[RGB, RGB], noise: np.ndarray,
-               close_host: bool) -> Image.Image:
-    """Studio backdrop: jittered two-colour gradient, smooth blotches, sensor noise, the host."""
+def draw_host(draw: ImageDraw.ImageDraw, host: Host, res: int, dx: float = 0.0, dy: float = 0.0) -> None:
+    """Draw `host` moved by (dx, dy) frame units (the host's sway, a motion nuisance)."""
+    hx, hy, r = (host.cx + dx) * res, (host.top + host.head_r + dy) * res, host.head_r * res
+    draw.rounded_rectangle([hx - 2.4 * r, hy + 1.1 * r, hx + 2.4 * r, res + r], radius=r, fill=host.shirt)
+    draw.ellipse([hx - 1.05 * r, hy - 1.15 * r, hx + 1.05 * r, hy + 0.6 * r], fill=host.hair)
+    draw.ellipse([hx - 0.85 * r, hy - 0.95 * r, hx + 0.85 * r, hy + 1.1 * r], fill=host.skin)
+
+
+def draw_shelves(draw: ImageDraw.ImageDraw, shelves: list[float], res: int, colour: RGB) -> None:
+    """Shelf planks the distractors stand on (their tops at the given heights, frame units)."""
+    for y in shelves:
+        draw.rectangle([0, y * res, res, (y + 0.025) * res], fill=colour)
+
+
+def backdrop(rng: np.random.Generator, res: int, palette: tuple[RGB, RGB], noise: np.ndarray) -> Image.Image:
+    """Studio backdrop: jittered two-colour gradient, smooth blotches, sensor noise."""
     c0 = np.clip(np.array(palette[0], np.float32) + rng.normal(0, 12, 3), 0, 255)
     c1 = np.clip(np.array(palette[1], np.float32) + rng.normal(0, 12, 3), 0, 255)
     t = np.linspace(0.0, 1.0, res, dtype=np.float32)
@@ -399,9 +441,7 @@ def background(rng: np.random.Generator, res: int, palette: tuple[RGB, RGB], noi
     blot = np.asarray(blot.resize((res, res), Image.Resampling.BICUBIC))  # (res, res)
     oy, ox = rng.integers(0, res, 2)
     img = img + blot[..., None] * 18.0 + noise[oy:oy + res, ox:ox + res]  # (res, res, 3)
-    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-    draw_host(ImageDraw.Draw(out), rng, res, close_host)
-    return out
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
 def shop_background(res: int, colour: RGB) -> Image.Image:
@@ -412,6 +452,8 @@ def shop_background(res: int, colour: RGB) -> Image.Image:
 
 def _draw_hand(draw: ImageDraw.ImageDraw, occ: Occluder, fill) -> None:
     r = occ.r
+    if occ.arm_to is not None:
+        draw.line([(occ.cx, occ.cy), occ.arm_to], fill=fill, width=max(2, round(1.3 * r)))
     draw.ellipse([occ.cx - r, occ.cy - 0.8 * r, occ.cx + r, occ.cy + 1.1 * r], fill=fill)
     fw = 0.36 * r
     for k in range(4):  # fingers pointing up
