@@ -34,13 +34,13 @@ class SynthConfig:
     category_focus: float = 0.85              # P(product of a focus category), else any category
     near_twin_rate: float = 0.5               # share of a shop's products that have a variant sibling in the shop
     family_size: tuple[int, int] = (2, 4)     # variants per design family
-    shared_design_rate: float = 0.3           # P(a family's design is also sold, in other variants, by other shops)
+    shared_design_rate: float = 0.5           # P(a family is of a trending design that other shops sell too)
     second_view_rate: float = 0.3             # P(test product has a 2nd, rotated + re-cropped image)
     title_detail_rate: float = 0.6            # P(a title names the trim and badge, the small details)
     # --- distractors (dilemma 1)
     distractors: tuple[int, int] = (0, 10)    # other shop products in a clip (<= products - 1)
     distractor_scale: tuple[float, float] = (0.4, 1.2)  # their size relative to the sold product
-    front_rate: float = 0.15                  # P(a distractor stands in front, on the table's near edge)
+    front_rate: float = 0.08                  # P(a distractor stands in front, on the table's near edge)
     sibling_in_view: float = 0.5              # P(a variant sibling of the sold product is among the distractors)
     touch_rate: float = 0.3                   # P(the seller briefly handles a distractor in a clip)
     # --- the seller handles the sold product (time in seconds; frames are 1 s / 3 s apart)

@@ -20,7 +20,7 @@ from sgmn.data.synth import text as T
 from sgmn.data.synth.config import SynthConfig
 
 TRAIN, TEST = 0, 1
-POOL_DESIGNS = 64        # designs in a split's shared pool
+POOL_DESIGNS = 16        # designs in a split's shared pool: trending items, each sold by several shops
 POOL_VARIANTS = 6        # variants of each pooled design (a shop lists 2-4 of them)
 _POOL_KEY = 1 << 20      # spawn key of the pool stream: no live index reaches it
 
