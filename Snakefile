@@ -14,8 +14,16 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/text.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/probes.smk"
+include: "workflow/rules/stats.smk"
 
 
 rule all:
     input:
         get_final_outputs(),
+
+
+# Mechanism probes (workflow/config/probes.yaml): snakemake probes --cores all
+rule probes:
+    input:
+        get_probe_outputs,

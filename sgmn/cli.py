@@ -8,6 +8,7 @@
     sgmn evaluate --data DIR --checkpoint RUN_DIR/final.pt --out metrics.json --scores-out scores.parquet
     sgmn evaluate --data DIR --scores scores.parquet --out metrics.json   # recompute from a table
     sgmn tables --runs results/lpr_synth/runs --config workflow/config/default.yaml --out results/lpr_synth/tables
+    sgmn probes --config workflow/config/probes.yaml --root results/lpr_synth/probes --out results/lpr_synth/probes/probes.csv
 """
 from __future__ import annotations
 
@@ -204,6 +205,41 @@ def cmd_tables(args) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_data_stats(args) -> None:
+    """Cheap statistics of a generated dataset (motion, visibility, near twins, text-only R@1)."""
+    from sgmn.evaluate.data_stats import DEFAULT_MAX_CLIPS, compute_data_stats
+    from sgmn.io import write_json
+    batch_size = args.batch_size
+    if batch_size is None:
+        from sgmn.config import REPO_ROOT, load_config
+        batch_size = load_config(args.config or REPO_ROOT / "workflow/config/default.yaml")["train"]["batch_size"]
+    stats = compute_data_stats(args.data, args.text_features, batch_size,
+                               args.max_clips if args.max_clips is not None else DEFAULT_MAX_CLIPS, args.seed)
+    write_json(stats, args.out)
+    log.info("wrote %s", args.out)
+
+
+def cmd_probes(args) -> None:
+    """The mechanism probes' table (probes.csv + .md) and figures from a (partial) results tree."""
+    from sgmn import config as cfg
+    from sgmn.evaluate.probes import build_probe_table, check_spec, load_spec_file, write_probe_outputs
+    if (args.config is None) == (args.spec_json is None):
+        raise SystemExit("probes needs exactly one of --config (YAML with a probes block) or --spec-json")
+    if args.spec_json is not None:
+        try:
+            block = json.loads(args.spec_json)
+        except json.JSONDecodeError as err:
+            raise cfg.ConfigError(f"--spec-json: invalid JSON: {err.msg}") from None
+        spec = check_spec(cfg.validate({"probes": block}, "--spec-json")["probes"], "--spec-json")
+    else:
+        if not Path(args.config).exists():
+            raise FileNotFoundError(f"config file {args.config} not found")
+        spec = load_spec_file(args.config)
+    table = build_probe_table(args.root, spec)
+    for path in write_probe_outputs(table, spec, args.out, args.figures or spec["figures"]):
+        log.info("wrote %s", path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgmn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -278,6 +314,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--paper-dir", help="published tables (default: the repository's workflow/paper)")
     s.add_argument("--out", required=True, help="output directory: table{n}.csv, paired_tests.csv, tables.md")
     s.set_defaults(func=cmd_tables)
+
+    s = sub.add_parser("data-stats", help="cheap statistics of a generated dataset, no training (data_stats.json)")
+    s.add_argument("--data", required=True, help="LPR-Synth root (needs synth_meta.json)")
+    s.add_argument("--text-features", required=True, help="text feature cache (the text_features step)")
+    s.add_argument("--batch-size", type=int, help="training batch size B (default: --config's train.batch_size)")
+    s.add_argument("--config", help="config YAML/JSON for the default batch size (default: workflow/config/default.yaml)")
+    s.add_argument("--max-clips", type=int, help="clips per split read for the motion statistics (default 400)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the training-clip sample")
+    s.add_argument("--out", required=True, help="JSON file (written atomically)")
+    s.set_defaults(func=cmd_data_stats)
+
+    s = sub.add_parser("probes", help="mechanism probes: each component on vs off along its phenomenon's axis (probes.csv, figures)")
+    s.add_argument("--root", required=True, help="probe results (results/{dataset}/probes: {probe}/{point}/runs/{on,off}/seed{N})")
+    s.add_argument("--config", help="config YAML with a probes block (e.g. workflow/config/probes.yaml)")
+    s.add_argument("--spec-json", help="the probes block as JSON (used by the DAG)")
+    s.add_argument("--out", required=True, help="CSV path; probes.md beside it")
+    s.add_argument("--figures", help="figure directory ({probe}.png/.pdf; default: the spec's figures)")
+    s.set_defaults(func=cmd_probes)
 
     from sgmn import bench  # light at import: torch loads inside each case's process
     s = sub.add_parser("bench", help="train-step time, peak memory and inference ms: SGMN against GRA only")

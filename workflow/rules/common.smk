@@ -22,7 +22,10 @@ wildcard_constraints:
 
 
 def get_final_outputs():
-    return [f"results/{DATASET}/summary.csv", f"results/{DATASET}/tables"]
+    outputs = [f"results/{DATASET}/summary.csv", f"results/{DATASET}/tables"]
+    if config["dataset"]["path"] is None and config["dataset"]["format"] == "lpr4m":
+        outputs.append(f"results/{DATASET}/data_stats.json")  # LPR-Synth only (synth_meta.json)
+    return outputs
 
 
 def get_data_dir(wildcards):
