@@ -16,6 +16,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/curves.smk"
 
 
 rule all:
@@ -27,3 +28,9 @@ rule all:
 rule probes:
     input:
         get_probe_outputs,
+
+
+# Learning curves (workflow/config/curves.yaml): snakemake curves --cores all --configfile workflow/config/curves.yaml
+rule curves:
+    input:
+        get_curve_outputs,

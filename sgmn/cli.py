@@ -219,6 +219,15 @@ def cmd_data_stats(args) -> None:
     log.info("wrote %s", args.out)
 
 
+def cmd_curves(args) -> None:
+    """Learning curves: curves.csv and the figure from the curve runs' metrics."""
+    from sgmn import config as cfg
+    from sgmn.evaluate.curves import write_curves
+    spec = cfg.validate({"curves": json.loads(args.spec_json)}, "--spec-json")["curves"]
+    for path in write_curves(args.runs, spec, args.out, args.figure):
+        log.info("wrote %s", path)
+
+
 def cmd_probes(args) -> None:
     """The mechanism probes' table (probes.csv + .md) and figures from a (partial) results tree."""
     from sgmn import config as cfg
@@ -325,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="JSON file (written atomically)")
     s.set_defaults(func=cmd_data_stats)
 
+    s = sub.add_parser("curves", help="learning curves: R@1 against train.steps (curves.csv, figure)")
+    s.add_argument("--runs", required=True, help="runs directory (results/{dataset}/runs)")
+    s.add_argument("--spec-json", required=True, help="the config's curves block as JSON")
+    s.add_argument("--out", required=True, help="curves.csv")
+    s.add_argument("--figure", required=True, help="figure path without suffix (PNG and PDF)")
+    s.set_defaults(func=cmd_curves)
     s = sub.add_parser("probes", help="mechanism probes: each component on vs off along its phenomenon's axis (probes.csv, figures)")
     s.add_argument("--root", required=True, help="probe results (results/{dataset}/probes: {probe}/{point}/runs/{on,off}/seed{N})")
     s.add_argument("--config", help="config YAML with a probes block (e.g. workflow/config/probes.yaml)")

@@ -20,7 +20,7 @@ from sgmn.fidelity import apply_fidelity
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 VARIANTS_PATH = REPO_ROOT / "workflow" / "config" / "variants.yaml"
-RUN_MATRIX_KEYS = ("variants", "seeds", "seeds_by_variant", "variants_file", "probes")  # the DAG's keys, not one run's config
+RUN_MATRIX_KEYS = ("variants", "seeds", "seeds_by_variant", "variants_file", "probes", "curves")  # the DAG's keys, not one run's config
 
 
 class ConfigError(ValueError):

@@ -4,6 +4,7 @@ import json
 from snakemake.utils import validate
 
 from sgmn.config import load_variants, resolve_variant
+from sgmn.evaluate.curves import curve_variants
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -13,6 +14,9 @@ RESOLVED = {
     v: resolve_variant(config, v, VARIANTS, config["variants_file"])
     for v in config["variants"]
 }
+# the learning-curve runs (config `curves`, `snakemake curves`) go through the same rules
+CURVE_RUNS = curve_variants(config, VARIANTS, config["variants_file"])
+RESOLVED.update(CURVE_RUNS)
 SEEDS = config["seeds"]
 
 wildcard_constraints:
@@ -66,14 +70,16 @@ def get_clip_weights_arg(wildcards):
 
 
 def seeds_of(variant):
-    """config.seeds_by_variant[variant] when set, else config.seeds."""
+    """config.seeds_by_variant[variant] when set, else config.seeds (curves: their own)."""
+    if variant in CURVE_RUNS:
+        return config["curves"]["seeds"]
     return config["seeds_by_variant"].get(variant, SEEDS)
 
 
 def get_run_metrics(wildcards):
     return [
         f"results/{DATASET}/runs/{variant}/seed{seed}/metrics.json"
-        for variant in sorted(RESOLVED)
+        for variant in sorted(config["variants"])
         for seed in seeds_of(variant)
     ]
 

@@ -1,0 +1,108 @@
+"""Learning curves: R@1 against the number of training steps, to choose ``train.steps``.
+
+The top-level config block ``curves`` (``workflow/config/curves.yaml``) names variants of the
+ablation matrix, the in-batch negatives of their triplet losses (``all``: the hinge averaged over
+every in-batch negative for the whole run; ``hardest``: VSE++'s hardest negative from the first
+step, the paper's recipe), step counts and seeds. Each (variant, negatives, steps) is a run of its
+own with its own warm-up and cosine schedule - the run one would make with that ``train.steps``,
+not a snapshot of a longer run - named ``curve_{variant}_{negatives}_s{steps}`` and trained and
+evaluated by the main DAG's rules into ``results/{dataset}/runs/``.
+
+Only :func:`curve_variants` is light at import (the Snakefile calls it).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+from sgmn import config as cfg
+
+NEGATIVES: tuple[str, ...] = ("all", "hardest")
+
+
+def curve_name(variant: str, negatives: str, steps: int) -> str:
+    return f"curve_{variant}_{negatives}_s{steps}"
+
+
+def curve_variants(config: dict, variants: dict[str, dict], variants_path) -> dict[str, dict]:
+    """name -> resolved config of every run of the ``curves`` block (empty without one)."""
+    spec = config.get("curves") or {}
+    out = {}
+    for variant in spec.get("variants", []):
+        base = cfg.resolve_variant(config, variant, variants, variants_path)
+        for negatives in spec.get("negatives", []):
+            for steps in spec.get("steps", []):
+                run = copy.deepcopy(base)
+                run["train"]["steps"] = int(steps)
+                # all negatives for every step, or the hardest one from the first step
+                run["train"]["triplet_warmup_steps"] = int(steps) if negatives == "all" else 0
+                run["train"]["warmup_steps"] = min(run["train"]["warmup_steps"], int(steps))
+                name = curve_name(variant, negatives, int(steps))
+                run["variant"] = name
+                out[name] = run
+    return out
+
+
+def collect(runs_dir: str | Path, spec: dict) -> "pd.DataFrame":
+    """One row per (variant, negatives, steps, seed): R@1/R@5/R@10 of its metrics.json (NaN and
+    status ``not run`` when missing)."""
+    import pandas as pd
+
+    rows = []
+    for variant in spec["variants"]:
+        for negatives in spec["negatives"]:
+            for steps in spec["steps"]:
+                for seed in spec["seeds"]:
+                    path = Path(runs_dir) / curve_name(variant, negatives, int(steps)) / f"seed{seed}" / "metrics.json"
+                    row = {"variant": variant, "negatives": negatives, "steps": int(steps), "seed": int(seed),
+                           "R@1": math.nan, "R@5": math.nan, "R@10": math.nan, "status": "not run"}
+                    if path.exists():
+                        overall = json.loads(path.read_text())["overall"]
+                        row.update({k: float(overall[k]) for k in ("R@1", "R@5", "R@10")}, status="ok")
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot(table: "pd.DataFrame", out_base: str | Path) -> list[Path]:
+    """R@1 against steps, one line per (variant, negatives), mean over seeds with each seed's
+    point; PNG and PDF."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    done = table[table["status"] == "ok"]
+    for (variant, negatives), part in done.groupby(["variant", "negatives"], sort=True):
+        mean = part.groupby("steps")["R@1"].mean()
+        line, = ax.plot(mean.index, mean.to_numpy(), marker="o",
+                        linestyle="-" if negatives == "all" else "--", label=f"{variant}, {negatives} negatives")
+        ax.scatter(part["steps"], part["R@1"], s=10, color=line.get_color(), alpha=0.5)
+    ax.set_xlabel("training steps (each its own warm-up + cosine run)")
+    ax.set_ylabel("R@1 (%)")
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    if len(done):
+        ax.legend(fontsize=7)
+    ax.set_title("Learning curves on LPR-Synth")
+    fig.tight_layout()
+    from sgmn.io import atomic_path
+
+    out_base = Path(out_base)
+    out_base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".pdf")]
+    for p in paths:
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format=p.suffix[1:], dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def write_curves(runs_dir: str | Path, spec: dict, out_csv: str | Path, figure_base: str | Path) -> list[Path]:
+    from sgmn.io import write_table
+
+    table = collect(runs_dir, spec)
+    write_table(table, out_csv)
+    return [Path(out_csv), *plot(table, figure_base)]
