@@ -57,10 +57,10 @@ class SynthConfig:
     occlusion_rate: float = 0.3               # P(clip has occlusion events)
     occluded_frames: tuple[float, float] = (0.1, 0.4)  # in such clips, fraction of frames with one
     occlusion_full_rate: float = 0.4          # P(event hides it: big hand or out of frame), else partial
-    host_shots: tuple[float, float] = (0.0, 0.5)  # fraction of host-only frames: lo + (hi-lo) * u^2
+    host_shots: tuple[float, float] = (0.0, 0.7)  # fraction of host-only frames: lo + (hi-lo) * u^2
     # --- clip/shop appearance gap (dilemma 2)
     gap: float = 1.0                          # multiplies every [gap] magnitude; 0 = no gap
-    scale: tuple[float, float] = (0.22, 0.5)  # sold product's size (extent / frame side) while held
+    scale: tuple[float, float] = (0.25, 0.75)  # sold product's size (extent / frame side) while held
     rotation: float = 20.0                    # [gap] max |in-plane rotation| (deg) of the held product
     shear: float = 0.15                       # [gap] max |affine shear|
     perspective: float = 0.3                  # [gap] max foreshortening (pitch tilt)
@@ -75,7 +75,7 @@ class SynthConfig:
     noise: float = 5.0                        # std of background sensor noise (0-255 scale)
     # --- ASR text
     asr_empty_rate: float = 0.03              # P(empty ASR)
-    asr_error_rate: float = 0.2               # P(word substituted / dropped / followed by an insertion)
+    asr_error_rate: float = 0.1               # P(word substituted / dropped / followed by an insertion)
     asr_synonym_rate: float = 0.5             # P(an attribute is said with a word titles do not use)
     asr_distractor_rate: float = 0.15         # P(ASR also names a distractor's colour and category)
     asr_previous_rate: float = 0.15           # P(ASR also names the product of the previous clip)
