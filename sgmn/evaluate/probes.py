@@ -160,34 +160,6 @@ def resolve_arm(config: dict, spec: dict, probe: str, arm: str, source: str = "p
 # ---------------------------------------------------------------------------------------------
 
 
-def families(products: dict[str, dict]) -> dict[str, str]:
-    """image_id -> family of its product in synth_meta.json ``products`` (image_id -> entry).
-
-    ``family_id`` (generator v2: the variants of one design share it) when an entry has it;
-    otherwise the connected components of ``near_duplicate_of`` (v1: the product_id a product
-    copies). A product with neither is its own family."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for entry in products.values():
-        pid = str(entry.get("product_id"))
-        find(pid)
-        src = entry.get("near_duplicate_of")
-        if "family_id" not in entry and src:
-            parent[find(pid)] = find(str(src))
-    out = {}
-    for image_id, entry in products.items():
-        fam = entry.get("family_id")
-        out[image_id] = f"family:{fam}" if fam is not None else f"product:{find(str(entry.get('product_id')))}"
-    return out
-
-
 def variant_in_gallery(products: dict[str, dict], gt: dict[str, list[str]],
                        gallery_of: dict[str, list[str]]) -> set[str]:
     """The queries whose gallery holds an image of another product of the ground truth's family.
@@ -195,17 +167,12 @@ def variant_in_gallery(products: dict[str, dict], gt: dict[str, list[str]],
     ``products``: synth_meta.json ``products`` (image_id -> {product_id, family_id or
     near_duplicate_of}); ``gt``: video_id -> ground-truth image ids; ``gallery_of``: video_id ->
     the image ids of its gallery. Images absent from ``products`` count as no variant."""
-    fam = families(products)
-    out = set()
-    for video_id, gts in gt.items():
-        gt_products = {products[i]["product_id"] for i in gts if i in products}
-        gt_families = {fam[i] for i in gts if i in fam}
-        for image_id in gallery_of.get(video_id, ()):
-            entry = products.get(image_id)
-            if entry and entry["product_id"] not in gt_products and fam[image_id] in gt_families:
-                out.add(video_id)
-                break
-    return out
+    from sgmn.evaluate.data_stats import families, has_twin_in_gallery
+
+    family_of, _ = families(products)
+    product_of = {image_id: entry["product_id"] for image_id, entry in products.items()}
+    return {video_id for video_id, gts in gt.items()
+            if has_twin_in_gallery(gts, gallery_of.get(video_id, ()), product_of, family_of)}
 
 
 def variant_in_gallery_queries(data_dir: str | Path) -> set[str]:
