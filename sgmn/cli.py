@@ -224,7 +224,7 @@ def cmd_curves(args) -> None:
     from sgmn import config as cfg
     from sgmn.evaluate.curves import write_curves
     spec = cfg.validate({"curves": json.loads(args.spec_json)}, "--spec-json")["curves"]
-    for path in write_curves(args.runs, spec, args.out, args.figure):
+    for path in write_curves(args.runs, spec, args.out, args.figure, args.margin):
         log.info("wrote %s", path)
 
 
@@ -339,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spec-json", required=True, help="the config's curves block as JSON")
     s.add_argument("--out", required=True, help="curves.csv")
     s.add_argument("--figure", required=True, help="figure path without suffix (PNG and PDF)")
+    s.add_argument("--margin", type=float, help="triplet margin: marks the collapse level 2 x margin on the loss panel")
     s.set_defaults(func=cmd_curves)
     s = sub.add_parser("probes", help="mechanism probes: each component on vs off along its phenomenon's axis (probes.csv, figures)")
     s.add_argument("--root", required=True, help="probe results (results/{dataset}/probes: {probe}/{point}/runs/{on,off}/seed{N})")

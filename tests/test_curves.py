@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from sgmn.cli import main
 from sgmn.config import VARIANTS_PATH, load_config, load_variants, resolve_variant
@@ -37,15 +38,23 @@ def test_table_and_figure_from_metrics_with_a_run_missing(tmp_path):
     for (neg, steps, seed), value in r1.items():
         d = runs / f"curve_gra_only_{neg}_s{steps}" / f"seed{seed}"
         d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps({"overall": {"R@1": value, "R@5": 50.0, "R@10": 60.0}}))
+        (d / "metrics.json").write_text(json.dumps({"overall": {"R@1": value, "R@5": 50.0, "R@10": 60.0},
+                                                    "chance": {"R@1": 6.0}}))
+        # a collapsed hardest-negative run ends at 2 x margin; the table keeps the last 3 logged steps
+        losses = [0.9, 0.41, 0.40, 0.40] if neg == "hardest" else [0.5, 0.3, 0.2, 0.1]
+        (d / "train_log.jsonl").write_text("".join(json.dumps({"step": i, "similarity_loss": v}) + "\n"
+                                                   for i, v in enumerate(losses)))
     out = tmp_path / "curves.csv"
     fig = tmp_path / "fig" / "curves"
     assert main(["curves", "--runs", str(runs), "--spec-json", json.dumps(SPEC), "--out", str(out),
-                 "--figure", str(fig)]) == 0
+                 "--figure", str(fig), "--margin", "0.2"]) == 0
     table = pd.read_csv(out)
     assert len(table) == 2 * 2 * 2  # negatives x steps x seeds
     done = table[table["status"] == "ok"].set_index(["negatives", "steps", "seed"])["R@1"].to_dict()
     assert done == r1
+    ends = table[table["status"] == "ok"].set_index(["negatives", "steps", "seed"])["similarity_loss_end"]
+    assert ends[("hardest", 10, 0)] == pytest.approx((0.41 + 0.40 + 0.40) / 3)
+    assert ends[("all", 10, 0)] == pytest.approx((0.3 + 0.2 + 0.1) / 3)
     assert (table["status"] == "not run").sum() == 4 and table.loc[table["status"] == "not run", "R@1"].isna().all()
     assert fig.with_suffix(".png").stat().st_size > 1000 and fig.with_suffix(".pdf").exists()
 

@@ -57,36 +57,61 @@ def collect(runs_dir: str | Path, spec: dict) -> "pd.DataFrame":
                 for seed in spec["seeds"]:
                     path = Path(runs_dir) / curve_name(variant, negatives, int(steps)) / f"seed{seed}" / "metrics.json"
                     row = {"variant": variant, "negatives": negatives, "steps": int(steps), "seed": int(seed),
-                           "R@1": math.nan, "R@5": math.nan, "R@10": math.nan, "status": "not run"}
+                           "R@1": math.nan, "R@5": math.nan, "R@10": math.nan,
+                           "similarity_loss_end": math.nan, "chance_R@1": math.nan, "status": "not run"}
                     if path.exists():
-                        overall = json.loads(path.read_text())["overall"]
+                        metrics = json.loads(path.read_text())
+                        overall = metrics["overall"]
                         row.update({k: float(overall[k]) for k in ("R@1", "R@5", "R@10")}, status="ok")
+                        row["chance_R@1"] = float(metrics.get("chance", {}).get("R@1", math.nan))
+                        row["similarity_loss_end"] = _final_loss(path.parent / "train_log.jsonl")
                     rows.append(row)
     return pd.DataFrame(rows)
 
 
-def plot(table: "pd.DataFrame", out_base: str | Path) -> list[Path]:
+def _final_loss(log_path: Path, last: int = 3) -> float:
+    """Mean GRA similarity (triplet) loss of the last `last` logged steps; NaN without a log.
+    A hardest-negative triplet that has collapsed sits at 2 x margin (every similarity equal)."""
+    if not log_path.exists():
+        return math.nan
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    values = [r["similarity_loss"] for r in rows if "similarity_loss" in r][-last:]
+    return sum(values) / len(values) if values else math.nan
+
+
+def plot(table: "pd.DataFrame", out_base: str | Path, margin: float | None = None) -> list[Path]:
     """R@1 against steps, one line per (variant, negatives), mean over seeds with each seed's
-    point; PNG and PDF."""
+    point, and the end-of-training triplet loss beside it (2 x `margin` marks a collapse);
+    PNG and PDF."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     done = table[table["status"] == "ok"]
     for (variant, negatives), part in done.groupby(["variant", "negatives"], sort=True):
+        style = dict(marker="o", linestyle="-" if negatives == "all" else "--")
         mean = part.groupby("steps")["R@1"].mean()
-        line, = ax.plot(mean.index, mean.to_numpy(), marker="o",
-                        linestyle="-" if negatives == "all" else "--", label=f"{variant}, {negatives} negatives")
+        line, = ax.plot(mean.index, mean.to_numpy(), label=f"{variant}, {negatives} negatives", **style)
         ax.scatter(part["steps"], part["R@1"], s=10, color=line.get_color(), alpha=0.5)
-    ax.set_xlabel("training steps (each its own warm-up + cosine run)")
+        loss = part.groupby("steps")["similarity_loss_end"].mean()
+        ax_loss.plot(loss.index, loss.to_numpy(), color=line.get_color(), **style)
+    if "chance_R@1" in table and table["chance_R@1"].notna().any():
+        ax.axhline(table["chance_R@1"].mean(), color="grey", linewidth=0.8, linestyle=":", label="chance")
+    if margin is not None:
+        ax_loss.axhline(2 * margin, color="grey", linewidth=0.8, linestyle=":", label="2 x margin (collapse)")
+        ax_loss.legend(fontsize=7)
+    for a in (ax, ax_loss):
+        a.set_xlabel("training steps (each its own warm-up + cosine run)")
+        a.set_xscale("log", base=2)
+        a.grid(alpha=0.3)
     ax.set_ylabel("R@1 (%)")
-    ax.set_xscale("log", base=2)
-    ax.grid(alpha=0.3)
+    ax_loss.set_ylabel("GRA triplet loss, last logged steps")
     if len(done):
         ax.legend(fontsize=7)
-    ax.set_title("Learning curves on LPR-Synth")
+    ax.set_title("R@1 on the test queries")
+    ax_loss.set_title("end-of-training loss")
     fig.tight_layout()
     from sgmn.io import atomic_path
 
@@ -100,9 +125,10 @@ def plot(table: "pd.DataFrame", out_base: str | Path) -> list[Path]:
     return paths
 
 
-def write_curves(runs_dir: str | Path, spec: dict, out_csv: str | Path, figure_base: str | Path) -> list[Path]:
+def write_curves(runs_dir: str | Path, spec: dict, out_csv: str | Path, figure_base: str | Path,
+                 margin: float | None = None) -> list[Path]:
     from sgmn.io import write_table
 
     table = collect(runs_dir, spec)
     write_table(table, out_csv)
-    return [Path(out_csv), *plot(table, figure_base)]
+    return [Path(out_csv), *plot(table, figure_base, margin)]

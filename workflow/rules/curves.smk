@@ -30,6 +30,7 @@ rule curve_table:
         spec=lambda wildcards: json.dumps(config["curves"], sort_keys=True),
         runs=f"results/{DATASET}/runs",
         figure=config["curves"]["figure"],
+        margin=config["train"]["margin"],
     log:
         f"logs/curve_table/{DATASET}.log",
     benchmark:
@@ -39,4 +40,4 @@ rule curve_table:
         "../envs/figures.yaml"
     shell:
         "sgmn curves --runs {params.runs} --spec-json {params.spec:q} --out {output.table}"
-        " --figure {params.figure} > {log} 2>&1"
+        " --figure {params.figure} --margin {params.margin} > {log} 2>&1"
