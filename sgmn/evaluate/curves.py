@@ -102,9 +102,13 @@ def plot(table: "pd.DataFrame", out_base: str | Path, margin: float | None = Non
     if margin is not None:
         ax_loss.axhline(2 * margin, color="grey", linewidth=0.8, linestyle=":", label="2 x margin (collapse)")
         ax_loss.legend(fontsize=7)
+    steps = sorted(done["steps"].unique()) if len(done) else []
     for a in (ax, ax_loss):
         a.set_xlabel("training steps (each its own warm-up + cosine run)")
         a.set_xscale("log", base=2)
+        if steps:
+            a.set_xticks(steps, [str(s) for s in steps])
+            a.minorticks_off()
         a.grid(alpha=0.3)
     ax.set_ylabel("R@1 (%)")
     ax_loss.set_ylabel("GRA triplet loss, last logged steps")
