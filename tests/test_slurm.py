@@ -30,7 +30,7 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 SMOKE = REPO / "workflow" / "config" / "smoke.yaml"
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 GPU_RULES = {"pretrain_clip", "text_features", "train", "evaluate"}
-SUBMITTED_RULES = {"synth"} | GPU_RULES  # resolve_config, summarize and tables are localrules
+SUBMITTED_RULES = {"synth", "data_stats"} | GPU_RULES  # resolve_config, summarize and tables are localrules
 # Plugin flags for a cluster without slurmdbd: sacct has no rows there, so the plugin must poll
 # squeue (else it waits forever), and there is no account to validate.
 SLURM_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account",
@@ -336,7 +336,8 @@ def test_smoke_dag_through_sbatch_matches_a_local_run(tmp_path, slurm_cluster):
     logs: dict[str, list[Path]] = {}
     for path in logs_root.rglob("*.log"):  # rule_<rule>/<wildcards>/<SLURM job id>.log
         logs.setdefault(path.relative_to(logs_root).parts[0].removeprefix("rule_"), []).append(path)
-    expected = {"synth": 1, "pretrain_clip": 1, "train": len(runs), "evaluate": len(runs)}
+    # data_stats: one per generated LPR-Synth set (the smoke config generates one)
+    expected = {"synth": 1, "pretrain_clip": 1, "data_stats": 1, "train": len(runs), "evaluate": len(runs)}
     if any(resolve_variant(smoke_config, v)["sgmn"]["te"] for v in smoke["variants"]):
         expected["text_features"] = 1  # one cache for every variant with the text branch
     assert {rule: len(paths) for rule, paths in logs.items()} == expected, logs
