@@ -373,3 +373,45 @@ def test_refuses_non_empty_out_dir_but_fills_empty_one(tmp_path):
     assert all(line.endswith("\t") for line in
                only(out, "test_videoid_asr_*.txt").read_text().splitlines())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]
+
+
+# --------------------------------------------------------------------------- v2: one stream per phenomenon
+
+def _files(root: Path, pattern: str) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob(pattern)) if p.is_file()}
+
+
+def test_clip_level_knobs_leave_shops_and_other_phenomena_in_place(lpr, tmp_path):
+    """A sweep point changes only what its knob draws: shop images and titles stay byte-identical
+    (so the pretrained CLIP and the title features carry over); an ASR knob leaves every frame
+    as it was, and a handling knob every ASR text."""
+    asr = generate(tmp_path / "asr", "smoke", seed=0, progress=False,
+                   overrides={"asr_error_rate": 0.0, "asr_attributes": "5,5"})
+    moved = generate(tmp_path / "moved", "smoke", seed=0, progress=False,
+                     overrides={"handling": 2.0, "distractors": "6,10", "variation": 0})
+    for other in (asr, moved):
+        assert _files(other, "images/*") == _files(lpr, "images/*")
+        assert _files(other, "test_image_title_*") == _files(lpr, "test_image_title_*")
+        assert _files(other, "test_liveid_to_gallery_*") == _files(lpr, "test_liveid_to_gallery_*")
+    assert _files(asr, "frames/*/*") == _files(lpr, "frames/*/*")
+    assert _files(asr, "test_videoid_asr_*") != _files(lpr, "test_videoid_asr_*")
+    assert _files(moved, "frames/*/*") != _files(lpr, "frames/*/*")
+    base_text = only(lpr, "test_videoid_asr_*.txt").read_text().splitlines()
+    moved_text = only(moved, "test_videoid_asr_*.txt").read_text().splitlines()
+    # the ASR stream is its own: most clips whose ASR named no distractor say the same words
+    # (a clip that had no distractor before draws one random number less, so not all)
+    meta = json.loads((lpr / "synth_meta.json").read_text())["clips"]
+    same = [a == b for a, b in zip(base_text, moved_text) if not meta[a.split("\t")[0]]["asr_mentions_distractor"]]
+    assert same and sum(same) >= 0.5 * len(same)
+
+
+def test_handling_moves_the_sold_product_and_zero_holds_it_still(tmp_path):
+    """handling 0: the sold product's recorded speed is 0 in every frame; the default moves it."""
+    still = generate(tmp_path / "still", "smoke", seed=0, progress=False,
+                     overrides={"handling": 0, "test_lives": 1, "train_lives": 1})
+    moving = generate(tmp_path / "moving", "smoke", seed=0, progress=False,
+                      overrides={"test_lives": 1, "train_lives": 1})
+    speed = lambda root: [v for c in json.loads((root / "synth_meta.json").read_text())["clips"].values()
+                          for v in c["target_speed"]]
+    assert max(speed(still)) == 0.0
+    assert max(speed(moving)) > 0.05
