@@ -64,7 +64,7 @@ def emit_clip(res: LiveResult, cfg: SynthConfig, shop: Shop, truth: ClipTruth, r
     owners = [truth.target]
     # MovingFashion lists a few test videos under two products (two ground truths): here the
     # sold product's near-identical twin, as if the shop had listed one garment twice.
-    twin = shop.near_twin.get(truth.target)
+    twin = next(iter(shop.siblings.get(truth.target, ())), None)
     if test and twin is not None and rng.random() < cfg.mf_two_gt_rate:
         owners.append(twin)
     for i in owners:

@@ -44,7 +44,6 @@ class Shop:
     shop_bg: R.RGB                 # plain light background of its shop images
     base_ms: int                   # livestream start time (epoch ms)
     noise: np.ndarray              # sensor noise tile its clips crop their backgrounds' noise from
-    near_twin: dict[int, int]      # product index -> index of a variant sibling (first one)
     siblings: dict[int, list[int]]  # product index -> indices of every variant sibling in the shop
 
 
@@ -171,9 +170,8 @@ def make_shop(cfg: SynthConfig, rng: np.random.Generator, split: int, categories
             idx = list(range(first, len(products)))
             for i in idx:
                 siblings[i] = [j for j in idx if j != i]
-    twin = {i: sib[0] for i, sib in siblings.items()}
     palette = tuple(tuple(int(c) for c in rng.integers(40, 230, 3)) for _ in range(2))
     shop_bg = tuple(int(c) for c in rng.integers(232, 252, 3))
     base_ms = 1_660_000_000_000 + int(rng.integers(0, 30_000_000_000))
     noise = R.noise_tile(rng, 2 * cfg.image_size, cfg.noise)
-    return Shop(live_id, products, palette, shop_bg, base_ms, noise, twin, siblings)
+    return Shop(live_id, products, palette, shop_bg, base_ms, noise, siblings)
