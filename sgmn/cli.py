@@ -48,11 +48,12 @@ def cmd_synth(args) -> None:
 
 def cmd_resolve_config(args) -> None:
     from sgmn import config as cfg
+    from sgmn.fidelity import apply_fidelity
     from sgmn.io import write_json
     if args.json:
         resolved = json.loads(args.json)
         variant = resolved.pop("variant", args.variant)
-        resolved = cfg.without_run_matrix(cfg.validate(cfg.strip_run_keys(resolved), "--json"))
+        resolved = cfg.without_run_matrix(apply_fidelity(cfg.validate(cfg.strip_run_keys(resolved), "--json")))
         resolved["variant"] = variant
     else:
         base = cfg.load_config(args.config)
@@ -62,8 +63,8 @@ def cmd_resolve_config(args) -> None:
 
 
 def _load_run_config(path) -> dict:
-    from sgmn.config import load_config
-    return load_config(path)
+    from sgmn.config import load_config, resolve_run_config
+    return resolve_run_config(load_config(path))
 
 
 def cmd_pretrain_clip(args) -> None:

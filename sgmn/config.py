@@ -113,7 +113,12 @@ def validate(config: dict, source: str = "config", key_lines: dict | None = None
 
 
 def load_config(path: str | Path) -> dict:
-    """Load and validate a YAML config, or a resolved variant config (JSON, with `variant`)."""
+    """Load and validate a YAML config, or a resolved variant config (JSON, with `variant`).
+
+    A YAML config is validated but not resolved: its fidelity-dependent keys stay null until
+    `resolve_variant` (or `resolve_run_config`) fills them, after a variant's overrides (which
+    may change `fidelity`) are merged. A resolved JSON config comes back as it was written.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} not found")
@@ -126,10 +131,18 @@ def load_config(path: str | Path) -> dict:
     else:
         data, lines = load_yaml(path)
     run_keys = {k: data[k] for k in ("variant", "seed") if k in data}
-    config = apply_fidelity(validate(strip_run_keys(data), str(path), lines))
-    if "variant" in run_keys:  # a resolved variant config carries no run-matrix keys
-        config = without_run_matrix(config)
+    config = validate(strip_run_keys(data), str(path), lines)
+    if "variant" in run_keys:  # a resolved variant config: complete, and no run-matrix keys
+        config = without_run_matrix(apply_fidelity(config))
     return {**config, **run_keys}
+
+
+def resolve_run_config(config: dict) -> dict:
+    """A config ready to run: a resolved variant config as is; a base config (a YAML given
+    directly to a command) resolved on its own, with no variant's overrides."""
+    if "variant" in config:
+        return config
+    return apply_fidelity(without_run_matrix(validate(config)))
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:
@@ -186,7 +199,17 @@ def load_variants(path: str | Path = VARIANTS_PATH) -> dict[str, dict]:
 
 def resolve_variant(config: dict, variant: str, variants: dict[str, dict] | None = None,
                     variants_path: str | Path = VARIANTS_PATH) -> dict:
-    """The full, validated config of one variant: base config + the variant's overrides."""
+    """The full, validated config of one variant: base config + the variant's overrides.
+
+    The one resolution path of the CLI, the DAG, the bench, the curves and the probes: the
+    variant's overrides are merged into the *unresolved* base config (fidelity-dependent keys
+    still null unless set explicitly), then `apply_fidelity` runs once, so a variant that sets
+    `fidelity: official` gets every official value. A base config that was resolved already
+    (a run config, `variant` set) is refused: its paper values would pass as explicit choices.
+    """
+    if "variant" in config:
+        raise ConfigError(f"resolve_variant needs an unresolved base config, got the resolved config "
+                          f"of variant '{config['variant']}'")
     variants = variants if variants is not None else load_variants(variants_path)
     if variant not in variants:
         raise ConfigError(f"unknown variant '{variant}'; known: {', '.join(sorted(variants))}")

@@ -75,6 +75,70 @@ def test_resolve_config_cli_round_trip(tmp_path):
     assert again == resolved
 
 
+def _dag_resolved_configs(tmp_path) -> dict[str, dict]:
+    """What the DAG's resolve_config jobs write: their `--json` parameter (from a dry run),
+    passed through `sgmn resolve-config --json` as the rule does."""
+    import shlex
+    import subprocess
+    import sys
+    plan = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "-s", str(REPO / "Snakefile"),
+         "--directory", str(tmp_path / "dag"), "--configfile", str(REPO / "workflow/config/default.yaml")],
+        capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    out = {}
+    for line in plan.stdout.splitlines():
+        command = line.strip().removeprefix("Shell command:").strip()
+        if command.startswith("sgmn resolve-config --json"):
+            argv = shlex.split(command)
+            variant = argv[argv.index("--out") + 1].rsplit("/", 1)[1].removesuffix(".json")
+            dest = tmp_path / f"dag_{variant}.json"
+            assert main(["resolve-config", "--json", argv[argv.index("--json") + 1], "--out", str(dest)]) == 0
+            out[variant] = json.loads(dest.read_text())
+    return out
+
+
+def test_cli_dag_and_bench_resolve_every_variant_identically(tmp_path):
+    from sgmn.bench import bench_config
+    default = REPO / "workflow/config/default.yaml"
+    dag = _dag_resolved_configs(tmp_path)
+    variants = cfg.load_config(default)["variants"]
+    assert sorted(dag) == sorted(variants)
+    for variant in variants:
+        dest = tmp_path / f"cli_{variant}.json"
+        assert main(["resolve-config", "--config", str(default), "--variant", variant, "--out", str(dest)]) == 0
+        cli = json.loads(dest.read_text())
+        assert cli == dag[variant], variant
+        bench = bench_config("tiny", variant, "cpu")
+        # the bench's own settings (one process, its device, no loader workers), then identical
+        assert (bench["train"]["processes"], bench["train"]["device"], bench["train"]["num_workers"]) == (1, "cpu", 0)
+        for key in ("processes", "device", "num_workers"):
+            bench["train"][key] = cli["train"][key]
+        assert bench == cli, variant
+
+
+def test_official_variant_resolves_to_the_official_recipe_from_the_cli(tmp_path):
+    """Regression: `fidelity: official` in a variant row must win over the paper values that a
+    resolved base config would carry (the CLI once printed beta1 0.7 under an official label)."""
+    from sgmn.fidelity import DIFFERENCES
+    dest = tmp_path / "official.json"
+    assert main(["resolve-config", "--config", str(REPO / "workflow/config/default.yaml"),
+                 "--variant", "sgmn_official", "--out", str(dest)]) == 0
+    resolved = json.loads(dest.read_text())
+    assert resolved["fidelity"] == "official"
+    assert resolved["sgmn"]["beta1"] == 1.0 and resolved["sgmn"]["triplet"] == "distance_weighted"
+    assert resolved["train"]["optimizer"] == "bertadam" and resolved["train"]["clip_lr_scale"] == 0.001
+    for diff in DIFFERENCES:
+        section, key = diff.key
+        assert resolved[section][key] == diff.official, diff.key
+
+
+def test_resolve_variant_refuses_a_resolved_config(tmp_path):
+    run = cfg.resolve_variant(cfg.load_config(REPO / "workflow/config/default.yaml"), "sgmn")
+    with pytest.raises(cfg.ConfigError, match="unresolved base config"):
+        cfg.resolve_variant(run, "sgmn_official")
+
+
 def test_cli_reports_bad_config_with_exit_code_2(tmp_path, capsys):
     p = tmp_path / "bad.yaml"
     p.write_text("train:\n  nope: 1\n")
