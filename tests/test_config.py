@@ -149,7 +149,7 @@ def test_cli_reports_bad_config_with_exit_code_2(tmp_path, capsys):
 def test_every_schema_key_has_a_description_and_a_default_and_nothing_else():
     """YAML flow mappings cut an unquoted comma short (a stray key); every key is documented."""
     keywords = {"description", "type", "enum", "default", "minimum", "maximum", "exclusiveMinimum",
-                "pattern", "properties", "additionalProperties", "items", "minItems", "$schema", "title"}
+                "exclusiveMaximum", "anyOf", "pattern", "properties", "additionalProperties", "items", "minItems", "$schema", "title"}
 
     def walk(node, path):
         assert set(node) <= keywords, f"{path}: unexpected keys {sorted(set(node) - keywords)}"

@@ -42,6 +42,10 @@ def test_table_and_figure_from_metrics_with_a_run_missing(tmp_path):
                                                     "chance": {"R@1": 6.0}}))
         # a collapsed hardest-negative run ends at 2 x margin; the table keeps the last 3 logged steps
         losses = [0.9, 0.41, 0.40, 0.40] if neg == "hardest" else [0.5, 0.3, 0.2, 0.1]
+        if (neg, steps) == ("all", 40):  # a run whose triplet sums over its 4 anchors logs 4x
+            losses = [4 * v for v in losses]
+            (d / "params.json").write_text(json.dumps({"config": {"sgmn": {"triplet_reduction": "sum"},
+                                                                  "train": {"batch_size": 4}}}))
         (d / "train_log.jsonl").write_text("".join(json.dumps({"step": i, "similarity_loss": v}) + "\n"
                                                    for i, v in enumerate(losses)))
     out = tmp_path / "curves.csv"
@@ -55,6 +59,7 @@ def test_table_and_figure_from_metrics_with_a_run_missing(tmp_path):
     ends = table[table["status"] == "ok"].set_index(["negatives", "steps", "seed"])["similarity_loss_end"]
     assert ends[("hardest", 10, 0)] == pytest.approx((0.41 + 0.40 + 0.40) / 3)
     assert ends[("all", 10, 0)] == pytest.approx((0.3 + 0.2 + 0.1) / 3)
+    assert ends[("all", 40, 0)] == pytest.approx((0.3 + 0.2 + 0.1) / 3)  # per anchor
     assert (table["status"] == "not run").sum() == 4 and table.loc[table["status"] == "not run", "R@1"].isna().all()
     assert fig.with_suffix(".png").stat().st_size > 1000 and fig.with_suffix(".pdf").exists()
 

@@ -21,14 +21,15 @@ def test_vse_triplet_hand_computed():
     # image->video hardest negatives: col0 0.3, col1 0.5, col2 0.6
     v2i = [max(0, 0.2 + 0.5 - 0.9), max(0, 0.2 + 0.6 - 0.2), max(0, 0.2 + 0.1 - 0.8)]
     i2v = [max(0, 0.2 + 0.3 - 0.9), max(0, 0.2 + 0.5 - 0.2), max(0, 0.2 + 0.6 - 0.8)]
-    expected = (sum(v2i) + sum(i2v)) / 3
-    assert vse_triplet(sim, labels, 0.2).item() == pytest.approx(expected)
+    assert vse_triplet(sim, labels, 0.2).item() == pytest.approx(sum(v2i) + sum(i2v))  # VSE++ sums
+    assert vse_triplet(sim, labels, 0.2, reduction="mean").item() == pytest.approx((sum(v2i) + sum(i2v)) / 3)
 
 
 def test_vse_triplet_all_negatives_hand_computed():
     sim = torch.tensor([[0.9, 0.5], [0.3, 0.2]])
     # v0: hinge(0.2+0.5-0.9)=0; v1: hinge(0.2+0.3-0.2)=0.3; i0: hinge(0.2+0.3-0.9)=0; i1: 0.2+0.5-0.2=0.5
-    assert vse_triplet(sim, torch.tensor([0, 1]), 0.2, hardest=False).item() == pytest.approx((0.3 + 0.5) / 2)
+    assert vse_triplet(sim, torch.tensor([0, 1]), 0.2, hardest=False).item() == pytest.approx(0.3 + 0.5)
+    assert vse_triplet(sim, torch.tensor([0, 1]), 0.2, hardest=False, reduction="mean").item() == pytest.approx((0.3 + 0.5) / 2)
     sim3 = torch.tensor([[0.9, 0.5, 0.1], [0.3, 0.2, 0.6], [0.0, 0.1, 0.8]])
     assert vse_triplet(sim3, torch.tensor([0, 1, 2]), 0.2, hardest=False) < vse_triplet(sim3, torch.tensor([0, 1, 2]), 0.2)
 

@@ -47,10 +47,24 @@ def sgmn_cfg(fidelity: str = "paper", **sgmn) -> dict:
     return apply_fidelity(validate({"fidelity": fidelity, "sgmn": sgmn}))["sgmn"]
 
 
+_TEXT_TOWER = {}
+
+
+def clip_text() -> dict:
+    """Layer 0 and positions of a seeded tiny CLIP's text tower (what `init: official` copies)."""
+    if not _TEXT_TOWER:
+        from sgmn.models.clip import create_clip
+        torch.manual_seed(1)
+        model = create_clip("lpr-tiny-clip")
+        _TEXT_TOWER.update(block=model.transformer.resblocks[0], positions=model.positional_embedding)
+    return _TEXT_TOWER
+
+
 def build(visual, fidelity: str = "paper", seed: int = 0, share_visual: bool = False, **sgmn) -> SGMN:
     torch.manual_seed(seed)
     vis = visual if share_visual else copy.deepcopy(visual)
-    return SGMN(vis, sgmn_cfg(fidelity, **sgmn), num_frames=L, batch_size=B, margin=0.2, text_dim=DT)
+    return SGMN(vis, sgmn_cfg(fidelity, **sgmn), num_frames=L, batch_size=B, margin=0.2, text_dim=DT,
+                clip_text=clip_text())
 
 
 def frame_mask() -> torch.Tensor:
@@ -185,8 +199,8 @@ def _gci(seed: int = 0, **kw) -> GCI:
 def test_gci_relevance_shapes_and_i2v_not_degenerate(profile):
     v, i, frames, mask = _globals()
     gci = _gci(relevance_profile=profile, batch_linear=True)
-    r_v2i, r_i2v = gci.relevance(v, i, frames, mask)
-    assert r_v2i.shape == (B, B) and r_i2v.shape == (B, B)
+    r_v2i, r_i2v, h_mean = gci.relevance(v, i, frames, mask)
+    assert r_v2i.shape == (B, B) and r_i2v.shape == (B, B) and h_mean.shape == (B, B)
     # official bug absent: its I->V relevance is one constant; here every row varies over the clips
     assert (r_i2v.std(dim=1) > 1e-4).all()
     assert (r_v2i.std(dim=1) > 1e-4).all()
@@ -197,7 +211,7 @@ def test_gci_relevance_is_eq10_of_the_frame_profile():
     real frames of v: its mean plus an MLP of its values sorted (padding last, as 0)."""
     v, i, frames, mask = _globals()
     gci = _gci(batch_linear=False)
-    r_v2i, r_i2v = gci.relevance(v, i, frames, mask)
+    r_v2i, r_i2v, h_mean = gci.relevance(v, i, frames, mask)
     for vv, ii in [(0, 3), (1, 5), (2, 2), (3, 7)]:              # clips with 4, 2, 1, 3 real frames
         n = int(mask[vv].sum())
         prof = frames[vv, :n] @ i[ii]
@@ -206,6 +220,7 @@ def test_gci_relevance_is_eq10_of_the_frame_profile():
         want_i2v = prof.mean() + gci.i2v_rel.mlp(ranked).squeeze()
         assert torch.allclose(r_v2i[vv, ii], want_v2i, atol=1e-5)
         assert torch.allclose(r_i2v[ii, vv], want_i2v, atol=1e-5)
+        assert torch.allclose(h_mean[vv, ii], prof.mean(), atol=1e-6)   # Eq. 8's Mean(H)
     # the official l2 profile: leaky-ReLU, L2 over the real frames (shape kept, magnitude not)
     h = frame_profile(frames, mask, i, "l2")
     assert torch.allclose(h.norm(dim=-1), torch.ones(B, B), atol=1e-5)
@@ -220,7 +235,7 @@ def test_gci_batch_linear_switch():
     assert without.bll_v2i is None and without.bll_i2v is None
     # zero-initialised residual: at init R = A
     without.load_state_dict(with_bll.state_dict(), strict=False)
-    for a, b in zip(with_bll.relevance(v, i, frames, mask), without.relevance(v, i, frames, mask)):
+    for a, b in zip(with_bll.relevance(v, i, frames, mask)[:2], without.relevance(v, i, frames, mask)[:2]):
         assert torch.allclose(a, b)
     torch.nn.init.normal_(with_bll.bll_v2i.fc2.weight, std=0.1)
     assert not torch.allclose(with_bll.relevance(v, i, frames, mask)[0], without.relevance(v, i, frames, mask)[0])
@@ -232,10 +247,10 @@ def test_gci_without_graphs_is_plain_attention_and_has_no_kl(visual):
     v, i, frames, mask = _globals()
     off = {"i2i": False, "v2v": False, "cross": False}
     gci = _gci(graphs=off)
-    assert gci.masks(v, i, None, None) == {}
+    assert gci.masks(v, i, gci.connections(v, i), None, None) == {}
     assert not hasattr(gci, "v2i_rel")                          # no relevance is built
-    vg, ig, r_v2i, r_i2v = gci(v, i, frames, mask)
-    assert r_v2i is None and r_i2v is None
+    vg, ig, cross = gci(v, i, frames, mask)
+    assert cross is None
     vq, iq = v.unsqueeze(0), i.unsqueeze(0)                      # plain, unmasked attention
     vm = gci.norm_v(vq + gci.cross_v(vq, iq, iq, need_weights=False)[0])
     im = gci.norm_i(iq + gci.cross_i(iq, vq, vq, need_weights=False)[0])
@@ -250,11 +265,11 @@ def test_gci_without_graphs_is_plain_attention_and_has_no_kl(visual):
 def test_gci_each_graph_switch_changes_its_output(attention):
     v, i, frames, mask = _globals()
     full = _gci(attention=attention)
-    vg, ig, _, _ = full(v, i, frames, mask)
+    vg, ig, _ = full(v, i, frames, mask)
     for graph in ("v2v", "i2i", "cross"):
         other = _gci(attention=attention, graphs={graph: False})
         other.load_state_dict(full.state_dict(), strict=False)      # same attention weights
-        vg2, ig2, _, _ = other(v, i, frames, mask)
+        vg2, ig2, _ = other(v, i, frames, mask)
         if attention == "joint":
             assert not torch.allclose(torch.cat([vg, ig]), torch.cat([vg2, ig2]), atol=1e-5), graph
             continue
@@ -273,7 +288,7 @@ def test_gci_intra_connection_selects_other_edges():
     for how in ("intra", "cross"):
         torch.manual_seed(0)
         gci = GCI(D, L, n, 8, {"cross": False}, connect_ratio=0.25, intra_connection=how)
-        g = gci.masks(v, i, None, None)
+        g = gci.masks(v, i, gci.connections(v, i), None, None)
         masks[how] = {k: torch.isfinite(m) for k, m in g.items()}
     diag = torch.eye(n, dtype=torch.bool)
     assert torch.equal(masks["intra"]["v2v"], diag) and torch.equal(masks["intra"]["i2i"], diag)
@@ -281,7 +296,8 @@ def test_gci_intra_connection_selects_other_edges():
     assert torch.equal(masks["cross"]["i2i"], diag.roll(1, dims=1))      # i_m -> node m+1
     # the connected edges carry the intra relevance exp(-||x_a - x_b||)
     torch.manual_seed(0)
-    g = GCI(D, L, n, 8, {"cross": False}, connect_ratio=0.25).masks(v, i, None, None)
+    gci = GCI(D, L, n, 8, {"cross": False}, connect_ratio=0.25)
+    g = gci.masks(v, i, gci.connections(v, i), None, None)
     assert torch.allclose(g["v2v"][diag], torch.ones(n))
 
 
@@ -291,7 +307,7 @@ def test_gci_attention_modes_give_normalised_outputs(attention):
     gci = _gci(attention=attention)
     assert hasattr(gci, "joint") == (attention == "joint")
     assert hasattr(gci, "cross_v") == (attention == "two_stage")
-    vg, ig, r_v2i, r_i2v = gci(v, i, frames, mask)
+    vg, ig, _ = gci(v, i, frames, mask)
     for x in (vg, ig):
         assert x.shape == (B, D) and torch.isfinite(x).all()
         assert torch.allclose(x.norm(dim=-1), torch.ones(B), atol=1e-5)
@@ -493,7 +509,8 @@ def test_vse_triplet_hardest_other_product():
     # v0: negatives {1} (clip 2 is the same product): 0.2+0.4-0.5 = 0.1; v1: max(0.1, 0.2) ->
     # 0.2+0.2-0.65 < 0; v2: {1}: 0.2+0.3-0.7 < 0; i0: {1}: 0.2+0.1-0.5 < 0;
     # i1: max(0.4, 0.3): 0.2+0.4-0.65 < 0; i2: {1}: 0.2+0.2-0.7 < 0
-    assert torch.allclose(vse_triplet(sim, labels, 0.2), torch.tensor(0.1 / 3))
+    assert torch.allclose(vse_triplet(sim, labels, 0.2), torch.tensor(0.1))           # summed (VSE++)
+    assert torch.allclose(vse_triplet(sim, labels, 0.2, reduction="mean"), torch.tensor(0.1 / 3))
 
 
 @pytest.mark.parametrize("loss_fn", ["infonce", "triplet"])
@@ -611,6 +628,11 @@ def test_loss_switches_pick_their_functions(visual):
     torch.manual_seed(1)
     got = official.triplet(sim, labels)
     torch.manual_seed(1)
+    assert torch.allclose(got, distance_weighted_triplet(sim, labels, 0.2, dim=512))  # official d = 512
+    own = build(visual, "official", dw_dim="embedding", **MODULES_OFF)
+    torch.manual_seed(1)
+    got = own.triplet(sim, labels)
+    torch.manual_seed(1)
     assert torch.allclose(got, distance_weighted_triplet(sim, labels, 0.2, dim=D))
     paper.hardest_negatives = False            # the trainer's triplet warmup
     assert torch.allclose(paper.triplet(sim, labels), vse_triplet(sim, labels, 0.2, hardest=False))
@@ -621,8 +643,13 @@ def test_loss_switches_pick_their_functions(visual):
     assert torch.allclose(te_official.text_loss(a, t, labels, present),
                           text_infonce(a @ t.T, labels, present, 0.01))
     v, i = F.normalize(torch.randn(B, D), dim=-1), F.normalize(torch.randn(B, D), dim=-1)
-    assert torch.allclose(te_paper._kl_target(v, i), v @ i.T)
-    assert torch.allclose(te_official._kl_target(v, i), torch.exp(-torch.cdist(v, i)))
+    frames = F.normalize(torch.randn(B, L, D), dim=-1) * compact_mask([4, 2, 1, 3] * 2).unsqueeze(-1)
+    mask = compact_mask([4, 2, 1, 3] * 2)
+    # the paper's H: the frame-level similarity, averaged over each clip's real frames (by hand)
+    want = torch.stack([torch.stack([(frames[a, :int(mask[a].sum())] @ i[b]).mean() for b in range(B)])
+                        for a in range(B)])
+    assert torch.allclose(te_paper._kl_target(v, i, frames, mask), want, atol=1e-6)
+    assert torch.allclose(te_official._kl_target(v, i, frames, mask), torch.exp(-torch.cdist(v, i)))
     assert set(te_paper.filters) == {"shared"} and set(te_official.filters) == {"asr", "title"}
 
 

@@ -96,6 +96,17 @@ def test_chinese_clip_encoder(chinese_clip_dir):
     alone = tf.encode_texts([TEXTS[1]], config, None, encoder=enc)
     np.testing.assert_allclose(alone[0], feats[1], atol=1e-5)
     assert tf.encode_texts(["", " "], config, None, encoder=enc).tolist() == [[0.0] * 16] * 2
+    # the same numbers as transformers' own ChineseCLIP text path, written out: the [CLS] state
+    # of the text model through text_projection (what get_text_features computes), normalised
+    from transformers import AutoTokenizer, ChineseCLIPModel
+    model = ChineseCLIPModel.from_pretrained(chinese_clip_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(chinese_clip_dir)
+    for k in (1, 6):                                     # 6 is longer than 16 positions: truncated
+        batch = tokenizer([TEXTS[k]], truncation=True, max_length=16, return_tensors="pt")
+        with torch.no_grad():
+            cls = model.text_model(**batch).last_hidden_state[:, 0]
+            ref = torch.nn.functional.normalize(model.text_projection(cls), dim=-1)
+        np.testing.assert_allclose(feats[k], ref[0].numpy(), atol=1e-5)
 
 
 def test_chinese_clip_unavailable(monkeypatch, tmp_path):
@@ -128,10 +139,9 @@ def test_cache_round_trip(tmp_path):
     assert "a" in cache and "" in cache and "zzz" not in cache
     with pytest.raises(KeyError, match=r"not in the text feature cache.*'never seen text.*rerun the text_features step"):
         cache.lookup(["a", "never seen text " + "x" * 100])
-    try:
+    with pytest.raises(KeyError) as err:
         cache.lookup(["never seen text " + "x" * 100])
-    except KeyError as err:
-        assert "x" * 44 + "'" in str(err) and "x" * 45 not in str(err)  # first 60 characters
+    assert "x" * 44 + "'" in str(err.value) and "x" * 45 not in str(err.value)  # first 60 characters
     empty, present = cache.lookup([])
     assert empty.shape == (0, 8) and present.shape == (0,)
     # float16 storage, float32 out

@@ -64,19 +64,32 @@ def collect(runs_dir: str | Path, spec: dict) -> "pd.DataFrame":
                         overall = metrics["overall"]
                         row.update({k: float(overall[k]) for k in ("R@1", "R@5", "R@10")}, status="ok")
                         row["chance_R@1"] = float(metrics.get("chance", {}).get("R@1", math.nan))
-                        row["similarity_loss_end"] = _final_loss(path.parent / "train_log.jsonl")
+                        row["similarity_loss_end"] = _final_loss(path.parent / "train_log.jsonl",
+                                                                 _anchors_summed(path.parent / "params.json"))
                     rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _final_loss(log_path: Path, last: int = 3) -> float:
-    """Mean GRA similarity (triplet) loss of the last `last` logged steps; NaN without a log.
-    A hardest-negative triplet that has collapsed sits at 2 x margin (every similarity equal)."""
+def _anchors_summed(params_path: Path) -> int:
+    """How many anchors the run's triplet sums over: the global batch under `sgmn.triplet_reduction`
+    sum, 1 under mean (and for runs made before the key existed, which averaged)."""
+    if not params_path.exists():
+        return 1
+    config = json.loads(params_path.read_text()).get("config", {})
+    if config.get("sgmn", {}).get("triplet_reduction", "mean") != "sum":
+        return 1
+    return int(config["train"]["batch_size"])
+
+
+def _final_loss(log_path: Path, anchors: int = 1, last: int = 3) -> float:
+    """Mean GRA similarity (triplet) loss per anchor (the logged loss / `anchors`) of the last
+    `last` logged steps; NaN without a log. A hardest-negative triplet that has collapsed sits at
+    2 x margin per anchor (every similarity equal)."""
     if not log_path.exists():
         return math.nan
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     values = [r["similarity_loss"] for r in rows if "similarity_loss" in r][-last:]
-    return sum(values) / len(values) if values else math.nan
+    return sum(values) / len(values) / anchors if values else math.nan
 
 
 def plot(table: "pd.DataFrame", out_base: str | Path, margin: float | None = None) -> list[Path]:
@@ -111,7 +124,7 @@ def plot(table: "pd.DataFrame", out_base: str | Path, margin: float | None = Non
             a.minorticks_off()
         a.grid(alpha=0.3)
     ax.set_ylabel("R@1 (%)")
-    ax_loss.set_ylabel("GRA triplet loss, last logged steps")
+    ax_loss.set_ylabel("GRA triplet loss per anchor, last logged steps")
     if len(done):
         ax.legend(fontsize=7)
     ax.set_title("R@1 on the test queries")

@@ -10,7 +10,10 @@ attention there.
 Cross-domain relevance (Eq. 10) comes from the frame profile h[v, i, t] = cos(frame t of v, image
 i): its mean over real frames plus an MLP of its sorted values (top K = L); G_I2V uses the same
 profile transposed with its own MLP (the official I->V profile is a constant). The batch linear
-layer (Eq. 11) mixes each row across the batch.
+layer (Eq. 11) mixes each row across the batch. The cross-domain edges (Eq. 8) are chosen from
+the profile's mean ("Mean(H)"), and K counts frames (K = L/2, the paper) or the batch (N/2, the
+official code). Eq. 12's G = R x C is zero off the graph; as an attention mask that is -inf
+(a zero logit would still attend), so off-graph entries are -inf here.
 """
 from __future__ import annotations
 
@@ -38,6 +41,11 @@ def frame_profile(frames: torch.Tensor, mask: torch.Tensor, images: torch.Tensor
     return h
 
 
+def profile_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean(H) of Eqs. 8 and 10: the (Nq, Nk, L) profile's mean over the real frames (mask)."""
+    return (h * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
 class ProfileRelevance(nn.Module):
     """A = mean over real frames + MLP(sorted profile) (Eq. 10), from an (Nq, Nk, L) profile."""
 
@@ -47,11 +55,9 @@ class ProfileRelevance(nn.Module):
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # mask (Nq, Nk, L) bool of real frames for each entry
-        n = mask.sum(-1).clamp(min=1)
-        mean = (h * mask).sum(-1) / n
         ranked = h.masked_fill(~mask, float("-inf")).sort(-1, descending=True).values
         ranked = ranked.masked_fill(torch.isinf(ranked), 0.0)             # padding after the real frames
-        return mean + self.mlp(ranked).squeeze(-1)                        # (Nq, Nk)
+        return profile_mean(h, mask) + self.mlp(ranked).squeeze(-1)       # (Nq, Nk)
 
 
 class BatchLinear(nn.Module):
@@ -81,10 +87,15 @@ class GCI(nn.Module):
     def __init__(self, dim: int, num_frames: int, batch_size: int, heads: int = 8,
                  graphs: dict | None = None, connect_ratio: float = 0.5,
                  intra_connection: str = "intra", relevance_profile: str = "raw",
-                 batch_linear: bool = True, attention: str = "two_stage"):
+                 batch_linear: bool = True, attention: str = "two_stage",
+                 connect_count: str = "frames", cross_connection: str = "profile_mean"):
         super().__init__()
         self.graphs = {"i2i": True, "v2v": True, "cross": True, **(graphs or {})}
         self.connect_ratio, self.intra_connection = connect_ratio, intra_connection
+        if connect_count not in ("frames", "batch") or cross_connection not in ("profile_mean", "global"):
+            raise ValueError(f"GCI: connect_count {connect_count!r} (frames | batch), "
+                             f"cross_connection {cross_connection!r} (profile_mean | global)")
+        self.num_frames, self.connect_count, self.cross_connection = num_frames, connect_count, cross_connection
         self.relevance_profile, self.attention = relevance_profile, attention
         if self.graphs["cross"]:  # relevance only exists where a cross-domain graph uses it
             self.v2i_rel, self.i2v_rel = ProfileRelevance(num_frames), ProfileRelevance(num_frames)
@@ -102,42 +113,55 @@ class GCI(nn.Module):
             raise ValueError(f"unknown GCI attention '{attention}' (two_stage or joint)")
 
     def relevance(self, v, i, frames, mask):
-        """Cross-domain relevance (Eqs. 10-11): R_V2I (N, N) and R_I2V (N, N)."""
+        """Cross-domain relevance (Eqs. 10-11): R_V2I (N, N), R_I2V (N, N), and the profile's
+        mean Mean(H) (N, N) that selects the cross-domain edges (Eq. 8)."""
         h = frame_profile(frames, mask, i, self.relevance_profile)        # (N, N, L)
         m = mask.unsqueeze(1).expand_as(h)
         r_v2i = self.v2i_rel(h, m)
         r_i2v = self.i2v_rel(h.transpose(0, 1), m.transpose(0, 1))
         if self.bll_v2i is not None:
             r_v2i, r_i2v = self.bll_v2i(r_v2i), self.bll_i2v(r_i2v)
-        return r_v2i, r_i2v
+        return r_v2i, r_i2v, profile_mean(h, m).detach()
 
-    def masks(self, v, i, r_v2i, r_i2v):
-        """Additive attention masks (row = query) of the four graphs; None = plain attention."""
-        n = v.shape[0]
-        k = max(1, int(round(self.connect_ratio * n)))
+    def num_edges(self, n: int) -> int:
+        """K of Eq. 8: ratio x the frame count (the paper's L) or x the batch N (official)."""
+        count = self.num_frames if self.connect_count == "frames" else n
+        return max(1, min(n, round(self.connect_ratio * count)))
+
+    def connections(self, v, i, h_mean=None):
+        """Boolean edges (row = query) of the four graphs, from similarities under no_grad."""
+        k = self.num_edges(v.shape[0])
         with torch.no_grad():
             s_vi = v @ i.T
+            s_cross = h_mean if h_mean is not None and self.cross_connection == "profile_mean" else s_vi
             s_vv = v @ v.T if self.intra_connection == "intra" else s_vi
             s_ii = i @ i.T if self.intra_connection == "intra" else s_vi.T
+            return {"v2i": topk_connections(s_cross, k), "i2v": topk_connections(s_cross.T, k),
+                    "v2v": topk_connections(s_vv, k), "i2i": topk_connections(s_ii, k)}
+
+    def masks(self, v, i, connect, r_v2i, r_i2v):
+        """Additive attention masks (row = query) of the four graphs; None = plain attention."""
         g = {}
         if self.graphs["cross"]:
-            g["v2i"] = _graph_mask(topk_connections(s_vi, k), r_v2i)
-            g["i2v"] = _graph_mask(topk_connections(s_vi.T, k), r_i2v)
+            g["v2i"] = _graph_mask(connect["v2i"], r_v2i)
+            g["i2v"] = _graph_mask(connect["i2v"], r_i2v)
         if self.graphs["v2v"]:
-            g["v2v"] = _graph_mask(topk_connections(s_vv, k), torch.exp(-torch.cdist(v, v)))
+            g["v2v"] = _graph_mask(connect["v2v"], torch.exp(-torch.cdist(v, v)))
         if self.graphs["i2i"]:
-            g["i2i"] = _graph_mask(topk_connections(s_ii, k), torch.exp(-torch.cdist(i, i)))
+            g["i2i"] = _graph_mask(connect["i2i"], torch.exp(-torch.cdist(i, i)))
         return g
 
     def forward(self, v: torch.Tensor, i: torch.Tensor, frames: torch.Tensor, mask: torch.Tensor):
         """v, i (N, D) normalised globals; frames (N, L, D) normalised, mask (N, L).
 
-        Returns V_g, I_g (N, D) normalised and the relevance matrices (for the KL loss).
+        Returns V_g, I_g (N, D) normalised and, for the KL loss (Eq. 16), the cross-domain
+        graphs as {"v2i": (R_V2I, edges), "i2v": (R_I2V, edges)} (None without them).
         """
-        r_v2i = r_i2v = None
+        r_v2i = r_i2v = h_mean = None
         if self.graphs["cross"]:  # frames and images detached: the relevance (and the KL) train only itself
-            r_v2i, r_i2v = self.relevance(v, i.detach(), frames.detach(), mask)
-        g = self.masks(v, i, r_v2i, r_i2v)
+            r_v2i, r_i2v, h_mean = self.relevance(v, i.detach(), frames.detach(), mask)
+        connect = self.connections(v, i, h_mean)
+        g = self.masks(v, i, connect, r_v2i, r_i2v)
         g = {key: m.to(v.dtype) for key, m in g.items()}
         if self.attention == "joint":
             n = v.shape[0]
@@ -153,4 +177,5 @@ class GCI(nn.Module):
             im = self.norm_i(iq + self.cross_i(iq, vq, vq, attn_mask=g.get("i2v"), need_weights=False)[0])
             vg = self.intra_v(vm, src_mask=g.get("v2v")).squeeze(0)
             ig = self.intra_i(im, src_mask=g.get("i2i")).squeeze(0)
-        return F.normalize(vg, dim=-1), F.normalize(ig, dim=-1), r_v2i, r_i2v
+        cross = {"v2i": (r_v2i, connect["v2i"]), "i2v": (r_i2v, connect["i2v"])} if r_v2i is not None else None
+        return F.normalize(vg, dim=-1), F.normalize(ig, dim=-1), cross

@@ -24,9 +24,25 @@ from sgmn.train.losses import (distance_weighted_triplet, kl_rows, masked_vse_tr
                                vse_triplet)
 
 
+def official_init_(module: nn.Module) -> None:
+    """The official code's init_weights (until_module.py:71-86), applied to every submodule:
+    Linear and Embedding weights N(0, 0.02), Linear biases 0, LayerNorm 1 and 0. Attention
+    in-projections (bare parameters of nn.MultiheadAttention) keep PyTorch's init, as there."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class SGMN(nn.Module):
     def __init__(self, visual: nn.Module, cfg: dict, num_frames: int, batch_size: int,
-                 margin: float = 0.2, text_dim: int | None = None):
+                 margin: float = 0.2, text_dim: int | None = None, clip_text: dict | None = None):
+        """clip_text: CLIP's text tower as {"block": its layer 0, "positions": its positional
+        embedding}, which `init: official` copies into SMF's cross-encoder."""
         super().__init__()
         self.visual = visual  # open_clip VisionTransformer, shared by frames and images (Eqs. 1-2)
         self.cfg, self.margin = cfg, margin
@@ -43,14 +59,37 @@ class SGMN(nn.Module):
         # GCI and SMF only shape training (their losses, weighted by beta1 and beta2 in Eq. 22):
         # at weight 0 they are not built, which is the same model at less cost
         self.tmc = TMC(dim, cfg["heads"], cfg["tmc_layers"], num_frames) if cfg["tmc"] else None
-        self.gci = GCI(dim, num_frames, batch_size, cfg["heads"], cfg["gci_graphs"], cfg["connect_ratio"],
+        self.gci = GCI(dim, num_frames, batch_size, cfg["gci_heads"], cfg["gci_graphs"], cfg["connect_ratio"],
                        cfg["intra_connection"], cfg["relevance_profile"], cfg["batch_linear"],
-                       cfg["gci_attention"]) if cfg["gci"] and cfg["beta1"] > 0 else None
+                       cfg["gci_attention"], cfg["connect_count"],
+                       cfg["cross_connection"]) if cfg["gci"] and cfg["beta1"] > 0 else None
         tokens = 1 + (visual.grid_size[0] * visual.grid_size[1])
+        official = cfg["init"] == "official"
+        if official and cfg["smf"] and cfg["beta2"] > 0 and clip_text is None:
+            raise ValueError("sgmn.init official copies CLIP's text layer 0 into SMF: pass clip_text")
         self.smf = SMF(dim, text_dim if self.te else None, cfg["heads"], cfg["smf_k"],
                        cfg["smf_k_counts_positive"], cfg["smf_symmetric"], cfg["smf_pool"],
-                       cfg["smf_temperature"], max_tokens=tokens) if cfg["smf"] and cfg["beta2"] > 0 else None
+                       cfg["smf_temperature"], max_tokens=tokens, normalize=cfg["smf_normalize"],
+                       fusion_dropout=cfg["smf_fusion_dropout"],
+                       self_heads=clip_text["block"].attn.num_heads if official and clip_text else None,
+                       ) if cfg["smf"] and cfg["beta2"] > 0 else None
         visual.output_tokens = self.smf is not None
+        if official:
+            self._official_init(clip_text)
+
+    def _official_init(self, clip_text: dict | None) -> None:
+        """N(0, 0.02) for every layer SGMN adds (not CLIP's), then CLIP's text layer 0 and
+        positions into SMF's cross-encoder, as the official code loads them after init_weights."""
+        for name, child in self.named_children():
+            if name != "visual":
+                official_init_(child)
+        if self.gci is not None:   # the batch linear layer starts at R = A whatever the init
+            for bll in (self.gci.bll_v2i, self.gci.bll_i2v) if self.gci.graphs["cross"] else ():
+                if bll is not None:
+                    nn.init.zeros_(bll.fc2.weight)
+                    nn.init.zeros_(bll.fc2.bias)
+        if self.smf is not None:
+            self.smf.scorer.copy_clip_text_layer(clip_text["block"], clip_text["positions"])
 
     # ---- encoders (GRA, Eqs. 1-4) ----
     def _visual(self, x: torch.Tensor):
@@ -116,14 +155,17 @@ class SGMN(nn.Module):
     # ---- training (Eqs. 5, 15-22) ----
     def triplet(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.cfg["triplet"] == "distance_weighted":
-            return distance_weighted_triplet(sim, labels, self.margin, dim=self.visual.output_dim)
-        return vse_triplet(sim, labels, self.margin, self.hardest_negatives)
+            dim = self.visual.output_dim if self.cfg["dw_dim"] == "embedding" else int(self.cfg["dw_dim"])
+            return distance_weighted_triplet(sim, labels, self.margin, dim=dim,
+                                             reduction=self.cfg["triplet_reduction"])
+        return vse_triplet(sim, labels, self.margin, self.hardest_negatives, self.cfg["triplet_reduction"])
 
     def text_loss(self, a, t, labels, present) -> torch.Tensor:
         sim = a @ t.T
         if self.cfg["text_loss"] == "infonce":
             return text_infonce(sim, labels, present, self.cfg["text_temperature"])
-        return self.lam * masked_vse_triplet(sim, labels, present, self.margin, self.hardest_negatives)
+        return self.lam * masked_vse_triplet(sim, labels, present, self.margin, self.hardest_negatives,
+                                             self.cfg["triplet_reduction"])
 
     def forward(self, batch: dict) -> dict:
         mask, frames = compact_frames(batch["frame_mask"], batch["frames"])
@@ -145,14 +187,14 @@ class SGMN(nn.Module):
             fused = fused + self.lam * (a @ t.T).detach()                 # Eq. 17's M_sim
 
         if self.gci is not None:
-            vg, ig, r_v2i, r_i2v = self.gci(v, i, vf, mask)
+            vg, ig, cross = self.gci(v, i, vf, mask)
             beta1 = self.cfg["beta1"]
             graph = self.triplet(vg @ ig.T, labels) + self.triplet(v @ ig.T, labels) \
                 + self.triplet(vg @ i.T, labels)                            # Eq. 15
             out["graph_loss"] = beta1 * graph
-            if self.gci.graphs["cross"]:                                  # Eq. 16
-                target = self._kl_target(v.detach(), i.detach())
-                kl = kl_rows(r_v2i, target) + kl_rows(r_i2v, target.T)
+            if cross is not None:                                         # Eq. 16
+                target = self._kl_target(v.detach(), i.detach(), vf.detach(), mask)
+                kl = self._kl(*cross["v2i"], target) + self._kl(*cross["i2v"], target.T)
                 out["kl_loss"] = beta1 * self.cfg["kl_weight"] * kl
 
         if self.smf is not None:
@@ -163,10 +205,21 @@ class SGMN(nn.Module):
                 fused, labels, gather(tok_i), vid_tok, vid_mask, t, a, t_present, a_present)
         return out
 
-    def _kl_target(self, v: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+    def _kl_target(self, v: torch.Tensor, i: torch.Tensor, frames: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+        """H of Eq. 16 (Nv, Ni): frame_similarity is the frame-level S_V S_I^T averaged over
+        each clip's real frames (frames are unit-norm and zero at padding)."""
         if self.cfg["kl_target"] == "exp_neg_distance":
             return torch.exp(-torch.cdist(v, i))
+        if self.cfg["kl_target"] == "frame_similarity":
+            return torch.einsum("vld,id->vi", frames, i) / mask.sum(1, keepdim=True).clamp(min=1)
         return v @ i.T
+
+    def _kl(self, relevance: torch.Tensor, edges: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One direction of Eq. 16: the graph's distribution (on its edges, or the relation over
+        every pair) against H's, in the configured direction."""
+        on_graph = edges if self.cfg["kl_graph"] == "graph" else None
+        return kl_rows(relevance, target, self.cfg["kl_reference"], on_graph)
 
 
 def gra_only(visual: nn.Module, margin: float = 0.2, num_frames: int = 8, batch_size: int = 32) -> SGMN:

@@ -10,7 +10,8 @@ clip as well.
 
 The fusion layer is the official one-key cross-attention, x = LN(x + MHA(x, text)); with a single
 key the softmax is 1, so it is exactly LN(x + W_o(W_v t + b_v) + b_o), computed here as that
-linear map (no attention over one key).
+linear map (no attention over one key). Its dropout (official 0.1) on that attention weight of 1
+drops a head's share of the text for a token, which is what `TextFusion` draws.
 """
 from __future__ import annotations
 
@@ -34,18 +35,30 @@ def hard_candidates(sim: torch.Tensor, labels: torch.Tensor, num_neg: int):
 
 
 class TextFusion(nn.Module):
-    """Eq. 19: add the (filtered) text to every token, then a post-LN feed-forward block."""
+    """Eq. 19: add the (filtered) text to every token, then a post-LN feed-forward block.
 
-    def __init__(self, dim: int, text_dim: int):
+    The official CrossAttentionLayer(dim, heads, 2 dim, dropout) with one key and value (the
+    text): x = LN(x + drop(W_o (a * (W_v t + b_v)) + b_o)), x = LN(x + drop(FFN(x))), where the
+    attention weight a is 1 per head and token, dropped (to 0, else 1 / (1 - p)) in training.
+    """
+
+    def __init__(self, dim: int, text_dim: int, heads: int = 8, dropout: float = 0.0):
         super().__init__()
-        self.text_proj = nn.Linear(text_dim, dim)
+        self.value, self.out = nn.Linear(text_dim, dim), nn.Linear(dim, dim)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.drop, self.heads, self.p = nn.Dropout(dropout), heads, dropout
 
     def forward(self, tokens: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         # tokens (B, T, D); text (B, Dt); present (B,): a missing text adds nothing
-        x = self.norm1(tokens + (self.text_proj(text) * present.unsqueeze(-1)).unsqueeze(1))
-        return self.norm2(x + self.ffn(x))
+        b, t, d = tokens.shape
+        value = self.value(text).view(b, 1, self.heads, d // self.heads)   # (B, 1, H, D/H)
+        if self.training and self.p > 0:   # dropout on the attention weight (1): per token and head
+            keep = torch.rand(b, t, self.heads, 1, device=tokens.device) >= self.p
+            value = value * keep.to(value.dtype) / (1 - self.p)
+        added = self.out(value.expand(b, t, -1, -1).flatten(2)) * present.view(b, 1, 1).to(tokens.dtype)
+        x = self.norm1(tokens + self.drop(added))
+        return self.norm2(x + self.drop(self.ffn(x)))
 
 
 class PairScorer(nn.Module):
@@ -57,17 +70,38 @@ class PairScorer(nn.Module):
     only its attention product and feed-forward.
     """
 
-    def __init__(self, dim: int, heads: int = 8, max_tokens: int = 512, pool: str = "avg"):
+    def __init__(self, dim: int, heads: int = 8, max_tokens: int = 512, pool: str = "avg",
+                 self_heads: int | None = None):
         super().__init__()
         self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
-        self.self_block = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.1, activation="gelu",
-                                                     batch_first=True, norm_first=True)
+        self.self_block = nn.TransformerEncoderLayer(dim, self_heads or heads, 4 * dim, dropout=0.1,
+                                                     activation="gelu", batch_first=True, norm_first=True)
         self.norm_cross = nn.LayerNorm(dim)   # the official ResidualCrossAttention shares it for q and kv
         self.q, self.kv, self.out = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
         self.heads, self.pool = heads, pool
+
+    @torch.no_grad()
+    def copy_clip_text_layer(self, block: nn.Module, positions: torch.Tensor) -> None:
+        """The official init (modeling_sgmn.py:140-157): the self-attention block from CLIP's
+        text layer 0 (an open_clip ResidualAttentionBlock) and the positions from its text
+        positional embedding (as many as both have)."""
+        sb = self.self_block
+        pairs = [(sb.norm1, block.ln_1), (sb.norm2, block.ln_2), (sb.self_attn.out_proj, block.attn.out_proj),
+                 (sb.linear1, block.mlp.c_fc), (sb.linear2, block.mlp.c_proj)]
+        if block.ln_1.weight.shape != sb.norm1.weight.shape or block.mlp.c_fc.weight.shape != sb.linear1.weight.shape:
+            raise ValueError(f"init official: CLIP's text width {block.ln_1.weight.shape[0]} (mlp "
+                             f"{block.mlp.c_fc.weight.shape[0]}) does not match SMF's {sb.norm1.weight.shape[0]} "
+                             f"(mlp {sb.linear1.weight.shape[0]})")
+        for ours, theirs in pairs:
+            ours.weight.copy_(theirs.weight)
+            ours.bias.copy_(theirs.bias)
+        sb.self_attn.in_proj_weight.copy_(block.attn.in_proj_weight)
+        sb.self_attn.in_proj_bias.copy_(block.attn.in_proj_bias)
+        n = min(len(self.pos), len(positions))
+        self.pos[:n] = positions[:n]
 
     def prepare(self, img_tok: torch.Tensor, vid_tok: torch.Tensor):
         """Per-image state (N, Tq, D) and queries, per-clip keys and values (N, H, T, D/H)."""
@@ -94,14 +128,17 @@ class PairScorer(nn.Module):
 class SMF(nn.Module):
     def __init__(self, dim: int, text_dim: int | None, heads: int = 8, k: int = 4,
                  k_counts_positive: bool = False, symmetric: bool = True, pool: str = "avg",
-                 temperature: float = 0.01, max_tokens: int = 512):
+                 temperature: float = 0.01, max_tokens: int = 512, normalize: bool = False,
+                 fusion_dropout: float = 0.0, self_heads: int | None = None):
         super().__init__()
-        self.fusion = TextFusion(dim, text_dim) if text_dim else None    # shared by both streams
-        self.scorer = PairScorer(dim, heads, max_tokens, pool)
+        self.fusion = TextFusion(dim, text_dim, heads, fusion_dropout) if text_dim else None  # shared by both streams
+        self.scorer = PairScorer(dim, heads, max_tokens, pool, self_heads)
         self.num_neg = k - 1 if k_counts_positive else k
-        self.symmetric, self.temperature = symmetric, temperature
+        self.symmetric, self.temperature, self.normalize = symmetric, temperature, normalize
 
     def fuse(self, tokens, text, present):
+        if self.normalize:   # official: tokens (and the already unit-norm texts) L2-normalised first
+            tokens = F.normalize(tokens, dim=-1)
         return tokens if self.fusion is None or text is None else self.fusion(tokens, text, present)
 
     def pair_logits(self, state, vid_mask, img_idx, vid_idx):

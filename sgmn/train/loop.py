@@ -42,6 +42,29 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) ->
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def warmup_cosine_progress(step: int, total: int, proportion: float = 0.1) -> float:
+    """The official BertAdam schedule: x = step / total; x / proportion during the warmup, then
+    0.5 (1 + cos(pi x)) of the whole run's progress (not re-based after the warmup, so the
+    multiplier drops from 1 to cos^2(pi proportion / 2) when the warmup ends; 0 at step 0)."""
+    x = step / max(1, total)
+    if x < proportion:
+        return x / proportion
+    return 0.5 * (1 + math.cos(math.pi * x))
+
+
+LR_SCHEDULES = ("cosine", "warmup_cosine_progress")
+
+
+def lr_multiplier(schedule: str, total: int, warmup_steps: int, min_ratio: float = 0.0,
+                  warmup_proportion: float = 0.1) -> Callable[[int], float]:
+    """step -> lr multiplier of `schedule` (config train.lr_schedule)."""
+    if schedule == "cosine":
+        return lambda s: warmup_cosine(s, total, warmup_steps, min_ratio)
+    if schedule == "warmup_cosine_progress":
+        return lambda s: warmup_cosine_progress(s, total, warmup_proportion)
+    raise ValueError(f"unknown lr schedule '{schedule}' (one of {', '.join(LR_SCHEDULES)})")
+
+
 class StepBatchSampler(Sampler):
     """Index batches for steps [start, total): epoch e is a permutation seeded by (seed, e).
 
@@ -112,7 +135,8 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
           grad_clip: float = 0.0, seed: int = 0, checkpoint_every: int = 100,
           num_workers: int = 0, device: str = "auto", precision: str = "fp32",
           config: dict | None = None, clip_lr_scale: float = 1.0,
-          freeze_stem: bool = False) -> torch.nn.Module:
+          freeze_stem: bool = False, lr_schedule: str = "cosine",
+          warmup_proportion: float = 0.1) -> torch.nn.Module:
     """Train `model` for `steps` steps, resuming from run_dir/ckpt/latest.pt when present.
 
     loss_fn(model, batch, generator) returns a dict; its keys ending in `_loss` are summed.
@@ -132,7 +156,7 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
     model.to(dev)
     opt = build_optimizer(model, optimizer, lr, weight_decay, clip_lr_scale, freeze_stem)
     params = [p for group in opt.param_groups for p in group["params"]]
-    multiplier = lambda s: warmup_cosine(s, steps, warmup_steps, min_lr_ratio)  # noqa: E731
+    multiplier = lr_multiplier(lr_schedule, steps, warmup_steps, min_lr_ratio, warmup_proportion)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)  # scales every group's own lr
 
     start = 0

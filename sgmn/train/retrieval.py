@@ -25,8 +25,10 @@ def build_model(config: dict, clip_weights: str | None = "none", text_dim: int |
     """SGMN with the config's switches (all off: GRA only), its visual tower from CLIP weights."""
     m, t = config["model"], config["train"]
     clip = create_clip(m["clip"], clip_weights, m["image_size"])
+    clip_text = {"block": clip.transformer.resblocks[0], "positions": clip.positional_embedding} \
+        if hasattr(clip, "transformer") else None
     return SGMN(clip.visual, config["sgmn"], m["num_frames"], t["batch_size"], t["margin"],
-                text_dim=text_dim if config["sgmn"]["te"] else None)
+                text_dim=text_dim if config["sgmn"]["te"] else None, clip_text=clip_text)
 
 
 def load_model(checkpoint: str | Path) -> tuple[SGMN, dict]:
@@ -82,7 +84,8 @@ def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str |
                min_lr_ratio=tcfg["min_lr_ratio"], grad_clip=tcfg["grad_clip"], seed=seed,
                checkpoint_every=tcfg["checkpoint_every"], num_workers=tcfg["num_workers"],
                device=tcfg["device"], precision=tcfg["precision"], config={**config, "seed": seed},
-               clip_lr_scale=tcfg["clip_lr_scale"], freeze_stem=tcfg["freeze_stem"])
+               clip_lr_scale=tcfg["clip_lr_scale"], freeze_stem=tcfg["freeze_stem"],
+               lr_schedule=tcfg["lr_schedule"], warmup_proportion=tcfg["warmup_proportion"])
     frame_errors = distributed.gather_objects(dataset.frame_errors)  # every rank's, in rank order
     final = out_dir / "final.pt"
     if distributed.is_main():  # rank 0 writes; the other ranks hold the same weights
