@@ -17,6 +17,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/probes.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/curves.smk"
+include: "workflow/rules/fidelity.smk"
 
 
 rule all:
@@ -34,3 +35,9 @@ rule probes:
 rule curves:
     input:
         get_curve_outputs,
+
+
+# Table 7 under the paper's and the official recipe (3 seeds each): snakemake fidelity --cores all
+rule fidelity:
+    input:
+        rules.fidelity_table.output,

@@ -229,6 +229,13 @@ def cmd_curves(args) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_fidelity_table(args) -> None:
+    """Table 7 under the paper's and the official recipe, with paired tests."""
+    from sgmn.evaluate.fidelity_table import write
+    for path in write(args.runs, args.out, args.seeds):
+        log.info("wrote %s", path)
+
+
 def cmd_probes(args) -> None:
     """The mechanism probes' table (probes.csv + .md) and figures from a (partial) results tree."""
     from sgmn import config as cfg
@@ -342,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figure", required=True, help="figure path without suffix (PNG and PDF)")
     s.add_argument("--margin", type=float, help="triplet margin: marks the collapse level 2 x margin on the loss panel")
     s.set_defaults(func=cmd_curves)
+    s = sub.add_parser("fidelity-table", help="Table 7 (rows A-E) under fidelity paper and official, paired tests")
+    s.add_argument("--runs", required=True, help="runs directory (results/{dataset}/runs)")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    s.add_argument("--out", required=True, help="output directory (table7_fidelity.csv, paired_tests.csv, fidelity.md)")
+    s.set_defaults(func=cmd_fidelity_table)
     s = sub.add_parser("probes", help="mechanism probes: each component on vs off along its phenomenon's axis (probes.csv, figures)")
     s.add_argument("--root", required=True, help="probe results (results/{dataset}/probes: {probe}/{point}/runs/{on,off}/seed{N})")
     s.add_argument("--config", help="config YAML with a probes block (e.g. workflow/config/probes.yaml)")

@@ -17,6 +17,8 @@ official code). Eq. 12's G = R x C is zero off the graph; as an attention mask t
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,6 +79,19 @@ class BatchLinear(nn.Module):
         if a.shape[1] != self.n:
             raise ValueError(f"batch linear layer built for a batch of {self.n}, got {a.shape[1]}")
         return a + self.fc2(F.relu(self.fc1(a)))
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """nn.TransformerEncoderLayer's inference fast path (eval mode, no grad) returns NaN with a
+    float attention mask (torch 2.14 on CPU, even an all-finite one); the graph masks are float,
+    so GCI always takes the regular path."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 def _graph_mask(connect: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
@@ -163,6 +178,13 @@ class GCI(nn.Module):
         connect = self.connections(v, i, h_mean)
         g = self.masks(v, i, connect, r_v2i, r_i2v)
         g = {key: m.to(v.dtype) for key, m in g.items()}
+        with _no_mha_fastpath():
+            vg, ig = self._attend(v, i, g)
+        cross = {"v2i": (r_v2i, connect["v2i"]), "i2v": (r_i2v, connect["i2v"])} if r_v2i is not None else None
+        return F.normalize(vg, dim=-1), F.normalize(ig, dim=-1), cross
+
+    def _attend(self, v: torch.Tensor, i: torch.Tensor, g: dict):
+        """Eqs. 13-14 (two-stage) or the official joint layer, guided by the graph masks g."""
         if self.attention == "joint":
             n = v.shape[0]
             full = v.new_zeros(2 * n, 2 * n)
@@ -177,5 +199,4 @@ class GCI(nn.Module):
             im = self.norm_i(iq + self.cross_i(iq, vq, vq, attn_mask=g.get("i2v"), need_weights=False)[0])
             vg = self.intra_v(vm, src_mask=g.get("v2v")).squeeze(0)
             ig = self.intra_i(im, src_mask=g.get("i2i")).squeeze(0)
-        cross = {"v2i": (r_v2i, connect["v2i"]), "i2v": (r_i2v, connect["i2v"])} if r_v2i is not None else None
-        return F.normalize(vg, dim=-1), F.normalize(ig, dim=-1), cross
+        return vg, ig

@@ -32,10 +32,23 @@ def build_model(config: dict, clip_weights: str | None = "none", text_dim: int |
 
 
 def load_model(checkpoint: str | Path) -> tuple[SGMN, dict]:
-    """Rebuild a trained model from its final.pt (strict: every weight must match)."""
+    """Rebuild a trained model from its final.pt (strict: every weight must match).
+
+    The stored config is re-validated, so a key added to the schema since the checkpoint was
+    written takes its default; if that changes the model's structure, the error says so.
+    """
+    from sgmn.config import ConfigError, resolve_run_config, strip_run_keys, validate
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = build_model(state["config"], "none", state.get("text_dim"))
-    model.load_state_dict(state["model"], strict=True)
+    try:
+        config = {**resolve_run_config(validate(strip_run_keys(state["config"]))), "variant": state["config"].get("variant")}
+    except ConfigError as err:
+        raise ConfigError(f"{checkpoint}: its stored config no longer validates: {err}") from None
+    model = build_model(config, "none", state.get("text_dim"))
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"{checkpoint} does not match the model its config builds today (written by an "
+                           f"older version of the suite? retrain it): {str(err)[:500]}") from None
     return model, state
 
 

@@ -5,6 +5,7 @@ from snakemake.utils import validate
 
 from sgmn.config import load_variants, resolve_variant
 from sgmn.evaluate.curves import curve_variants
+from sgmn.evaluate.fidelity_table import fidelity_variants
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -17,6 +18,10 @@ RESOLVED = {
 # the learning-curve runs (config `curves`, `snakemake curves`) go through the same rules
 CURVE_RUNS = curve_variants(config, VARIANTS, config["variants_file"])
 RESOLVED.update(CURVE_RUNS)
+# Table 7 under both recipes (`snakemake fidelity`): the paper rows and their *_official twins
+FIDELITY_VARIANTS = fidelity_variants()
+RESOLVED.update({v: resolve_variant(config, v, VARIANTS, config["variants_file"])
+                 for v in FIDELITY_VARIANTS if v not in RESOLVED and v in VARIANTS})
 SEEDS = config["seeds"]
 
 wildcard_constraints:
