@@ -117,7 +117,8 @@ def detect_format(root: Path) -> str:
 
 def cmd_evaluate(args) -> None:
     from sgmn.data.datasets import read_split
-    from sgmn.evaluate.run import evaluate_model, metrics_from_scores, read_scores
+    from sgmn.evaluate.run import evaluate_model, metrics_from_scores
+    from sgmn.evaluate.scores import read_scores
     from sgmn.io import provenance, write_json, write_table
     data = Path(args.data)
     if (args.scores is None) == (args.checkpoint is None):
@@ -125,7 +126,9 @@ def cmd_evaluate(args) -> None:
     if args.scores:
         fmt = args.format or detect_format(data)
         test = read_split(data, fmt, "test")
-        metrics, per_query = metrics_from_scores(test, read_scores(args.scores))
+        scores, report = read_scores(args.scores)
+        metrics, per_query = metrics_from_scores(test, scores)
+        metrics["score_table"] = {"path": str(args.scores), **report}
         metrics["provenance"] = provenance(None, None)
         metrics["provenance"]["scores"] = str(args.scores)
     else:
@@ -379,9 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     from sgmn.config import ConfigError
     from sgmn.data.records import AnnotationError
+    from sgmn.io import OutputError
+    from sgmn.evaluate.scores import ScoreTableError
     try:
         args.func(args)
-    except (ConfigError, AnnotationError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, AnnotationError, ScoreTableError, OutputError, FileNotFoundError,
+            FileExistsError) as err:
         log.error("%s", err)
         return 2
     return 0

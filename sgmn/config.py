@@ -30,7 +30,51 @@ class ConfigError(ValueError):
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
     if not path.exists():
         raise ConfigError(f"config schema not found at {path} (run from a checkout of the suite)")
-    return yaml.safe_load(path.read_text())
+    return yaml_load(path.read_text())
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last
+    silently, so a section written twice would reset its keys) and reads 3e-4 as a number
+    (YAML 1.1 needs a dot: `3.0e-4`; YAML 1.2 and JSON do not)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} occurs twice (first at line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def yaml_load(text: str):
+    """YAML with StrictLoader (duplicate keys rejected, 3e-4 a float)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def coerce_yaml11_floats(config: dict, strict: dict) -> dict:
+    """Where a YAML 1.1 reader (Snakemake's) left `3e-4` a string and StrictLoader read the same
+    file's value as a number, put the number into `config` (in place; returns it)."""
+    for key, value in strict.items():
+        if key not in config:
+            continue
+        if isinstance(value, dict) and isinstance(config[key], dict):
+            coerce_yaml11_floats(config[key], value)
+        elif isinstance(value, float) and isinstance(config[key], str):
+            try:
+                if float(config[key]) == value:
+                    config[key] = value
+            except ValueError:
+                pass
+    return config
 
 
 def _key_lines(text: str) -> dict[tuple, int]:
@@ -56,7 +100,7 @@ def load_yaml(path: str | Path) -> tuple[dict, dict[tuple, int]]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -124,9 +168,11 @@ def load_config(path: str | Path) -> dict:
         raise FileNotFoundError(f"config file {path} not found")
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+        except KeyError as err:
+            raise ConfigError(f"{path}: key {err.args[0]!r} occurs twice in one JSON object") from None
         lines = None
     else:
         data, lines = load_yaml(path)
@@ -143,6 +189,15 @@ def resolve_run_config(config: dict) -> dict:
     if "variant" in config:
         return config
     return apply_fidelity(without_run_matrix(validate(config)))
+
+
+def _unique_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise KeyError(key)
+        out[key] = value
+    return out
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:

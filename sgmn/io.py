@@ -12,15 +12,44 @@ from importlib import metadata
 from pathlib import Path
 
 
+class OutputError(OSError):
+    """An output path that cannot be written; the message names the path and why, in one line."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output_path(path: str | Path) -> Path:
+    """`path` can be written as a file: not a directory, its directory creatable and writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"output {path} is a directory (give a file path)")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"output {path}: cannot create its directory {parent} ({err.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output {path}: its directory {parent} is not writable")
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    The file gets the mode a plain open() would (0666 less the umask), not mkstemp's 0600, so
+    other users of a shared filesystem can read results and checkpoints.
+    """
+    path = check_output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

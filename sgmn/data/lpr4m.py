@@ -4,11 +4,20 @@ The releases are not fully consistent, so parsing is defensive and explicit: 11 
 (the 12th is `spu_id`), boxes nested per frame or flat, normalised or in pixels with [0,0,0,0]
 for "no box", frame lists as JSON, Python literal or comma-separated. Anything else raises an
 AnnotationError naming file and line, or - with on_bad_line="skip" - is left out and reported.
+
+Validation (before any metric): a UTF-8 byte-order mark is dropped; a JSON object with a key
+twice is an error naming the key; gallery and ground-truth values must be (lists of) strings;
+ids are stripped of surrounding whitespace and the count is reported. Boxes take one convention
+per clip: normalised when every coordinate lies in [-0.01, 1.01] (`BOX_TOLERANCE`; coordinates
+outside [0, 1] by at most that are clipped and reported), pixels when some coordinate exceeds
+`PIXEL_MIN` = 2; a coordinate between 1.01 and 2, a negative one below -0.01, swapped corners
+(x2 < x1 or y2 < y1), a non-finite value, or a clip that mixes the conventions is an error.
 """
 from __future__ import annotations
 
 import ast
 import json
+import math
 import logging
 import re
 from pathlib import Path
@@ -25,6 +34,8 @@ HEADER_ALIASES = {"clip_id": "video_id", "frame_list": "frame_ids", "box_list": 
                   "image_title": "title", "product_scale_type": "scale_type",
                   "visible_duration_type": "duration_type", "number_type": "count_type",
                   "product_number_type": "count_type"}
+BOX_TOLERANCE = 0.01   # normalised coordinates may overshoot [0, 1] by this much (rounding)
+PIXEL_MIN = 2.0        # a clip's boxes are in pixels when some coordinate exceeds this
 UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 CLIP_ID = re.compile(rf"^(?P<live>{UUID})-(?P<start>\d+)-(?P<end>\d+)$")
 
@@ -63,33 +74,83 @@ def _is_box(value) -> bool:
             and all(isinstance(v, (int, float)) for v in value))
 
 
-def parse_boxes(text: str, n_frames: int) -> tuple[list[list[list[float]]], bool]:
-    """Per-frame box lists and whether they are pixel boxes (any coordinate > 1).
+def parse_boxes(text: str, n_frames: int, notes: list[str] | None = None
+                ) -> tuple[list[list[list[float]]], bool]:
+    """Per-frame box lists and whether the clip's boxes are in pixels (module docstring).
 
-    Accepts one list of boxes per frame or one flat box per frame; [0,0,0,0] and degenerate
-    boxes mean "no box" and are dropped.
+    Accepts one list of boxes per frame or one flat box per frame; [0,0,0,0] means "no box".
+    A zero-width or zero-height box is dropped as "no box" and, like a clipped coordinate,
+    noted in `notes`; anything ambiguous raises ValueError.
     """
     value = _parse_list(text)
     if value is None or not isinstance(value, (list, tuple)):
         raise ValueError("box list is not a list")
     if len(value) != n_frames:
         raise ValueError(f"box list has {len(value)} entries for {n_frames} frames")
-    frames, pixel = [], False
+    frames, degenerate = [], 0
     for t, entry in enumerate(value):
         boxes = [entry] if _is_box(entry) else entry
         if not isinstance(boxes, (list, tuple)) or not all(_is_box(b) for b in boxes):
             raise ValueError(f"frame {t}: expected [x1,y1,x2,y2] boxes, got {str(entry)[:60]}")
-        kept = [[float(v) for v in b] for b in boxes if b[2] > b[0] and b[3] > b[1]]
-        pixel = pixel or any(v > 1.0 for b in kept for v in b)
+        kept = []
+        for b in boxes:
+            b = [float(v) for v in b]
+            if not all(math.isfinite(v) for v in b):
+                raise ValueError(f"frame {t}: box {b} has a non-finite coordinate")
+            if b == [0.0, 0.0, 0.0, 0.0]:
+                continue
+            if b[2] < b[0] or b[3] < b[1]:
+                raise ValueError(f"frame {t}: box {b} has swapped corners (x2 < x1 or y2 < y1)")
+            if b[2] == b[0] or b[3] == b[1]:
+                degenerate += 1
+                continue
+            kept.append(b)
         frames.append(kept)
+    pixel = _box_convention(frames, notes)
+    if degenerate and notes is not None:
+        notes.append(f"{degenerate} zero-area box(es) taken as no box")
     return frames, pixel
 
 
+def _box_convention(frames: list[list[list[float]]], notes: list[str] | None) -> bool:
+    """True for a pixel clip; a normalised clip's coordinates are clipped into [0, 1] in place."""
+    coords = [v for boxes in frames for b in boxes for v in b]
+    if not coords:
+        return False
+    low, high = min(coords), max(coords)
+    if low < -BOX_TOLERANCE:
+        raise ValueError(f"negative box coordinate {low}")
+    if high <= 1 + BOX_TOLERANCE:
+        clipped = sum(1 for v in coords if v < 0 or v > 1)
+        if clipped:
+            for boxes in frames:
+                for b in boxes:
+                    b[:] = [min(max(v, 0.0), 1.0) for v in b]
+            if notes is not None:
+                notes.append(f"{clipped} normalised coordinate(s) outside [0, 1] by <= {BOX_TOLERANCE}, clipped")
+        return False
+    if high <= PIXEL_MIN:
+        raise ValueError(f"box coordinate {high} is outside [0, 1] by more than {BOX_TOLERANCE} "
+                         f"and too small for pixels (> {PIXEL_MIN}): which convention?")
+    small = [b for boxes in frames for b in boxes if max(b) <= 1 + BOX_TOLERANCE]
+    if small:
+        raise ValueError(f"the clip mixes normalised boxes (e.g. {small[0]}) with pixel boxes (up to {high})")
+    return True
+
+
 def normalise_boxes(frame_boxes, width: int, height: int):
-    """Pixel boxes -> normalised [0,1] boxes for a frame of the given size."""
-    return [[[min(max(b[0] / width, 0.0), 1.0), min(max(b[1] / height, 0.0), 1.0),
-              min(max(b[2] / width, 0.0), 1.0), min(max(b[3] / height, 0.0), 1.0)] for b in boxes]
-            for boxes in frame_boxes]
+    """Pixel boxes -> normalised [0,1] boxes for a frame of the given size; a box reaching past
+    the frame by more than BOX_TOLERANCE of its size raises ValueError (wrong frame or boxes)."""
+    out = []
+    for boxes in frame_boxes:
+        frame = []
+        for b in boxes:
+            x = [b[0] / width, b[1] / height, b[2] / width, b[3] / height]
+            if max(x) > 1 + BOX_TOLERANCE:
+                raise ValueError(f"pixel box {list(b)} reaches past its {width}x{height} frame")
+            frame.append([min(max(v, 0.0), 1.0) for v in x])
+        out.append(frame)
+    return out
 
 
 def frame_path(root: Path, frame_id: str) -> Path:
@@ -185,6 +246,8 @@ def _read_lines(path: Path, on_bad_line: str = "error", skipped: list[str] | Non
     or under on_bad_line="skip" is logged, reported in `skipped` and left out."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+                raw = raw[3:]
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -225,13 +288,52 @@ def _read_tsv_pairs(path: Path, n_fields: int = 2) -> dict[str, list[str]]:
     return out
 
 
+def _no_duplicate_keys(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
 def _read_json(path: Path):
+    """A JSON file (BOM dropped); a key that occurs twice in one object is an error."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as err:
         raise AnnotationError(path, err.lineno, f"invalid JSON: {err.msg}") from None
+    except _DuplicateKey as err:
+        raise AnnotationError(path, None, f"key {err.args[0]!r} occurs twice in one JSON object") from None
     except UnicodeDecodeError as err:
         raise AnnotationError(path, None, f"not valid UTF-8 ({err.reason})") from None
+
+
+def _id_lists(path: Path, obj: dict, what: str, single_ok: bool) -> tuple[dict[str, list[str]], int]:
+    """{key: [ids]} with keys and ids stripped; values must be lists of non-empty strings (or, when
+    single_ok, one string). Returns the mapping and how many ids had whitespace stripped."""
+    out, stripped = {}, 0
+    for key, value in obj.items():
+        if single_ok and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise AnnotationError(path, None, f"{what} of {key!r} must be a list of image id strings, "
+                                  f"got {type(value).__name__} {str(value)[:60]}")
+        ids = [v.strip() for v in value]
+        if any(not v for v in ids):
+            raise AnnotationError(path, None, f"{what} of {key!r} holds an empty image id")
+        clean = key.strip()
+        if not clean:
+            raise AnnotationError(path, None, f"an empty key in {what}")
+        if clean in out:
+            raise AnnotationError(path, None, f"key {clean!r} occurs twice once whitespace is stripped")
+        stripped += (clean != key) + sum(a != b for a, b in zip(ids, value))
+        out[clean] = ids
+    return out, stripped
 
 
 def read_test(root: str | Path) -> TestSet:
@@ -249,7 +351,13 @@ def read_test(root: str | Path) -> TestSet:
     for name, obj in ((gt_path, gt), (gallery_path, gallery), (box_path, frame_boxes)):
         if not isinstance(obj, dict):
             raise AnnotationError(name, 1, "expected a JSON object at the top level")
-    gt = {k: [v] if isinstance(v, str) else list(v) for k, v in gt.items()}
+    problems = []
+    gt, n_gt = _id_lists(gt_path, gt, "the ground truth", single_ok=True)
+    gallery, n_gal = _id_lists(gallery_path, gallery, "the gallery", single_ok=False)
+    frame_boxes = {k.strip(): v for k, v in frame_boxes.items()}
+    for path, n in ((gt_path, n_gt), (gallery_path, n_gal)):
+        if n:
+            problems.append(f"{path}: {n} id(s) had surrounding whitespace, stripped")
     categories = {}
     cat_files = sorted(root.glob("test_videoid_category_*.txt"))
     if cat_files:
@@ -259,15 +367,19 @@ def read_test(root: str | Path) -> TestSet:
     for frame_id in frame_boxes:
         frames_of.setdefault(frame_id.rsplit("-", 1)[0], []).append(frame_id)
 
-    problems, queries = [], []
+    queries = []
     for video_id in sorted(gt):
         frame_ids = sorted(frames_of.get(video_id, []))
         boxes, pixel = None, False
         if frame_ids:
+            notes: list[str] = []
             try:
-                boxes, pixel = parse_boxes(json.dumps([frame_boxes[f] for f in frame_ids]), len(frame_ids))
+                boxes, pixel = parse_boxes(json.dumps([frame_boxes[f] for f in frame_ids]), len(frame_ids), notes)
             except ValueError as err:
-                problems.append(f"{box_path}: boxes of {video_id}: {err}")
+                raise AnnotationError(box_path, None, f"boxes of {video_id}: {err}") from None
+            problems.extend(f"{box_path}: boxes of {video_id}: {note}" for note in notes)
+        else:
+            problems.append(f"{box_path}: no boxes for {video_id} (its subsets are unknown)")
         clip_dir = root / "frames" / video_id
         if clip_dir.is_dir():  # every frame on disk, not only the annotated ones (1 every 3 s)
             paths = sorted(clip_dir.glob("*.jpg"))
@@ -278,7 +390,7 @@ def read_test(root: str | Path) -> TestSet:
         queries.append(Clip(
             video_id=video_id, live_id=live_id_of(video_id), frame_paths=paths, frame_boxes=boxes,
             asr=asr.get(video_id, ""), category_name=categories.get(video_id),
-            extra={"pixel_boxes": pixel}, source=f"{gt_path}"))
+            extra={"pixel_boxes": pixel, "box_source": str(box_path)}, source=f"{gt_path}"))
     image_ids = {i for ids in gallery.values() for i in ids} | {i for ids in gt.values() for i in ids}
     return TestSet(queries=queries, gallery={k: list(v) for k, v in gallery.items()}, gt=gt,
                    image_paths={i: image_path(root, i) for i in sorted(image_ids)},

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from sgmn.data.subsets import THRESHOLDS
+from sgmn.evaluate.scores import ScoreTableError
 
 KS = (1, 5, 10)
 TIE_BREAK = "score desc, then image_id asc"
@@ -140,20 +141,29 @@ def _score_rows(scores: pd.DataFrame, qindex: pd.Index, vocab: list[str]) -> dic
             f"duplicate score rows for (video_id, image_id) = "
             f"({vuniq[vcodes[r]]!r}, {iuniq[icodes[r]]!r})"
         )
+    if (vcodes < 0).any() or (icodes < 0).any():  # factorize codes a missing id -1: never index with it
+        r = int(np.flatnonzero((vcodes < 0) | (icodes < 0))[0])
+        raise ScoreTableError(f"scores row {r + 1}: missing video_id or image_id")
     score = scores["score"].to_numpy(dtype=float)
-    if np.isnan(score).any():
-        r = int(np.flatnonzero(np.isnan(score))[0])
-        raise ValueError(f"NaN score for (video_id, image_id) = ({vuniq[vcodes[r]]!r}, {iuniq[icodes[r]]!r})")
+    if not np.isfinite(score).all():
+        r = int(np.flatnonzero(~np.isfinite(score))[0])
+        raise ScoreTableError(f"score {score[r]} (not finite) for (video_id, image_id) = "
+                              f"({vuniq[vcodes[r]]!r}, {iuniq[icodes[r]]!r})")
 
     q_of_uniq = qindex.get_indexer(pd.Index(vuniq))
     img_of_uniq = pd.Index(vocab, dtype=object).get_indexer(pd.Index(iuniq)) if vocab else np.full(len(iuniq), -1)
     q = q_of_uniq[vcodes]
     known = q >= 0
+    if len(q) and len(qindex) and not known.any():
+        raise ScoreTableError(f"no row of the score table matches a query of the test set "
+                              f"(first video_ids: {[str(v) for v in vuniq[:5]]})")
+    unknown_ids = sorted(str(v) for v in vuniq[q_of_uniq < 0])
     return {
         "q": q[known].astype(np.int64),
         "img": img_of_uniq[icodes][known].astype(np.int64),
         "score": score[known],
         "unknown_query_rows": int((~known).sum()),
+        "unknown_query_ids": unknown_ids,
     }
 
 
@@ -251,6 +261,7 @@ def _rank(
 
     info = {
         "unknown_query_rows": s["unknown_query_rows"],
+        "unknown_query_ids": s["unknown_query_ids"],
         "missing_gallery_scores": int(n_missing.sum()),
         "duplicate_gallery_entries": int(n_dup),
         "gt_outside_gallery": int(n_gt_outside[~is_miss].sum()),
@@ -375,6 +386,8 @@ def compute_metrics(
         "n_misses": int(len(miss_rows)),
         "missing_gallery_scores": info["missing_gallery_scores"],
         "unknown_query_rows": info["unknown_query_rows"],
+        # score rows of clips that are not queries (no ground-truth entry): listed, not counted in n
+        "unknown_query_ids": info["unknown_query_ids"],
         "duplicate_gallery_entries": info["duplicate_gallery_entries"],
         "gt_outside_gallery": info["gt_outside_gallery"],
         "tie_break": TIE_BREAK,

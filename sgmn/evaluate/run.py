@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from sgmn.data.datasets import ImageDataset, QueryDataset, collate, read_split
 from sgmn.data.lpr4m import normalise_boxes
-from sgmn.data.records import TestSet
+from sgmn.data.records import AnnotationError, TestSet
 from sgmn.data.subsets import subset_labels
 from sgmn.evaluate.metrics import Query, compute_metrics, rank_queries
 
@@ -41,9 +41,14 @@ def build_queries(test: TestSet) -> list[Query]:
             if clip.extra.get("pixel_boxes") and clip.frame_paths:
                 try:
                     with Image.open(clip.frame_paths[0]) as im:
-                        boxes = normalise_boxes(boxes, *im.size)
+                        size = im.size
                 except OSError:
-                    boxes = None  # frame unreadable: the query is reported as unreadable anyway
+                    size = None  # frame unreadable: the query is reported as unreadable anyway
+                try:
+                    boxes = normalise_boxes(boxes, *size) if size else None
+                except ValueError as err:
+                    raise AnnotationError(clip.extra.get("box_source", clip.source), None,
+                                          f"boxes of {clip.video_id}: {err}") from None
             subsets = subset_labels(boxes) if boxes else None
         queries.append(Query(video_id=clip.video_id, gallery=tuple(test.gallery_of(clip)),
                              gt=tuple(test.gt.get(clip.video_id, ())), subsets=subsets,
@@ -148,12 +153,3 @@ def metrics_from_scores(test: TestSet, scores: pd.DataFrame, unreadable: dict | 
     metrics = compute_metrics(scores, queries, unreadable or {})
     metrics["annotation_problems"] = test.problems
     return metrics, rank_queries(scores, queries, unreadable or {})
-
-
-def read_scores(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"video_id": str, "image_id": str})
-    missing = {"video_id", "image_id", "score"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: score table lacks columns {sorted(missing)} (needs video_id, image_id, score)")
-    return df

@@ -3,10 +3,15 @@ import json
 
 from snakemake.utils import validate
 
-from sgmn.config import load_variants, resolve_variant
+from sgmn.config import coerce_yaml11_floats, load_variants, load_yaml, resolve_variant
 from sgmn.evaluate.curves import curve_variants
 from sgmn.evaluate.fidelity_table import fidelity_variants
 
+# Snakemake's YAML reader keeps the last of two equal keys silently (a section written twice
+# resets its keys), and it reads 3e-4 as a string: read every config file again with the
+# suite's strict loader first, and take its numbers
+for _configfile in workflow.configfiles:
+    coerce_yaml11_floats(config, load_yaml(_configfile)[0])
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
