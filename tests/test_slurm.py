@@ -1,8 +1,9 @@
 """The SLURM profile: checked on a dry run, then used for real on a one-node SLURM on localhost.
 
 The slow test starts slurmctld and slurmd (Debian's slurm 22.05, no slurmdbd, no munge), runs the
-smoke DAG through workflow/profiles/slurm so that every non-local job goes through sbatch, and
-compares its metrics with a local run of the same DAG. It needs root (the daemons, and the config
+smoke DAG through workflow/profiles/slurm so that every non-local job goes through sbatch,
+scancels one training job mid-run (the profile's retry resubmits it and it resumes from its
+checkpoint), and compares its metrics with a local run of the same DAG. It needs root (the daemons, and the config
 must be at /etc/slurm/slurm.conf: the plugin's job step drops SLURM_CONF). docs/cluster.md has
 the recipe and the timings.
 """
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,9 +54,39 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+def _snakemake_cmd(workdir: Path, *args: str, extra_config: Path | None = None) -> list[str]:
+    configs = [str(SMOKE)] + ([str(extra_config)] if extra_config else [])
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-            str(workdir), "--configfile", str(SMOKE), *args]
+            str(workdir), "--configfile", *configs, *args]
+
+
+# Both DAGs of the fault test train longer than the smoke config, so that a training job can
+# be cancelled between its first checkpoint and its end (about 10 s at 2 cores).
+LONGER_TRAINING = {"train": {"steps": 30, "checkpoint_every": 5}}
+
+
+def _cancel_one_training_mid_run(workdir: Path, env: dict[str, str], stop: threading.Event,
+                                 cancelled: list) -> None:
+    """scancel the SLURM job of the first training run that has written a checkpoint and not yet
+    its final.pt (a node failure, a preemption); record (job id, run dir)."""
+    runs = workdir / "results" / "lpr_synth_smoke" / "runs"
+    while not stop.is_set():
+        for ckpt in sorted(runs.glob("*/seed*/ckpt/latest.pt")):
+            run_dir = ckpt.parent.parent
+            if (run_dir / "final.pt").exists():
+                continue
+            # the plugin's --comment: rule_<rule>_wildcards_<wildcard values joined by _>
+            comment = (f"rule_train_wildcards_lpr_synth_smoke_{run_dir.parent.name}_"
+                       f"{run_dir.name.removeprefix('seed')}")
+            queue = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"],
+                                   capture_output=True, text=True, timeout=30, env=env)
+            for line in queue.stdout.split():
+                job_id, _, job_comment = line.partition("|")
+                if job_comment == comment:
+                    subprocess.run(["scancel", job_id], capture_output=True, timeout=30, env=env)
+                    cancelled.append((job_id, run_dir))
+                    return
+        time.sleep(0.2)
 
 
 def _planned_resources(output: str) -> dict[str, str]:
@@ -308,22 +340,32 @@ def test_smoke_dag_through_sbatch_matches_a_local_run(tmp_path, slurm_cluster):
     local_dir, slurm_dir = tmp_path / "local", tmp_path / "slurm"
     local_dir.mkdir()
     slurm_dir.mkdir()
+    longer = tmp_path / "longer_training.yaml"
+    longer.write_text(yaml.safe_dump(LONGER_TRAINING))
     ctld_log = slurm_cluster / "log" / "slurmctld.log"
+    # a cluster fault: one training job is cancelled mid-run; the profile's retry resubmits it
+    stop, cancelled = threading.Event(), []
+    watcher = threading.Thread(target=_cancel_one_training_mid_run, args=(slurm_dir, env, stop, cancelled),
+                               daemon=True)
     with open(tmp_path / "local.log", "w") as local_log:
-        local = subprocess.Popen(_snakemake_cmd(local_dir, "--cores", "2"), stdout=local_log,
-                                 stderr=subprocess.STDOUT, env=env)
+        local = subprocess.Popen(_snakemake_cmd(local_dir, "--cores", "2", extra_config=longer),
+                                 stdout=local_log, stderr=subprocess.STDOUT, env=env)
+        watcher.start()
         try:
-            # ~2.5 min normally; a hang (the plugin polling sacct, which has no rows without
+            # ~3 min normally; a hang (the plugin polling sacct, which has no rows without
             # slurmdbd) must fail the test well before an outer CI timeout kills it
             run = subprocess.run(
-                _snakemake_cmd(slurm_dir, "--workflow-profile", str(PROFILE), *SLURM_FLAGS),
-                capture_output=True, text=True, timeout=360, env=env)
+                _snakemake_cmd(slurm_dir, "--workflow-profile", str(PROFILE), *SLURM_FLAGS,
+                               extra_config=longer),
+                capture_output=True, text=True, timeout=420, env=env)
             local_rc = local.wait(timeout=300)
         except subprocess.TimeoutExpired as err:
             main_log = sorted((slurm_dir / ".snakemake" / "log").glob("*.log"))
             pytest.fail(f"{err}\nSnakemake's log:\n{_tail(main_log[-1]) if main_log else '-'}\n"
                         f"slurmctld.log:\n{_tail(ctld_log)}")
         finally:
+            stop.set()
+            watcher.join(timeout=30)
             if local.poll() is None:
                 local.kill()
                 local.wait()
@@ -337,7 +379,11 @@ def test_smoke_dag_through_sbatch_matches_a_local_run(tmp_path, slurm_cluster):
     for path in logs_root.rglob("*.log"):  # rule_<rule>/<wildcards>/<SLURM job id>.log
         logs.setdefault(path.relative_to(logs_root).parts[0].removeprefix("rule_"), []).append(path)
     # data_stats: one per generated LPR-Synth set (the smoke config generates one)
-    expected = {"synth": 1, "pretrain_clip": 1, "data_stats": 1, "train": len(runs), "evaluate": len(runs)}
+    # one training job was cancelled mid-run and resubmitted: its run has two logs
+    assert len(cancelled) == 1, "no training job was caught between its first checkpoint and its end"
+    cancelled_id, cancelled_run = cancelled[0]
+    expected = {"synth": 1, "pretrain_clip": 1, "data_stats": 1, "train": len(runs) + 1,
+                "evaluate": len(runs)}
     if any(resolve_variant(smoke_config, v)["sgmn"]["te"] for v in smoke["variants"]):
         expected["text_features"] = 1  # one cache for every variant with the text branch
     assert {rule: len(paths) for rule, paths in logs.items()} == expected, logs
@@ -352,16 +398,21 @@ def test_smoke_dag_through_sbatch_matches_a_local_run(tmp_path, slurm_cluster):
     ctld = ctld_log.read_text(errors="replace")
     for job_id, rule in job_ids.items():
         assert re.search(rf"_slurm_rpc_submit_batch_job: JobId={job_id}\b", ctld), (rule, job_id)
-        assert re.search(rf"_job_complete: JobId={job_id} WEXITSTATUS 0\b", ctld), (rule, job_id)
+        if job_id != cancelled_id:
+            assert re.search(rf"_job_complete: JobId={job_id} WEXITSTATUS 0\b", ctld), (rule, job_id)
 
     # 3. squeue still lists them (MinJobAge=3600), named after this run's ID, all COMPLETED.
     run_id = re.search(r"SLURM run ID: (\S+)", run.stderr + run.stdout).group(1)
     queue = subprocess.run(["squeue", "-h", "--states=all", "--name", run_id, "-o", "%i|%T"],
                            capture_output=True, text=True, timeout=30, env=env)
     states = dict(line.split("|") for line in queue.stdout.split())
-    assert states == {job_id: "COMPLETED" for job_id in job_ids}, (states, job_ids)
+    assert states == {job_id: "CANCELLED" if job_id == cancelled_id else "COMPLETED" for job_id in job_ids}, \
+        (states, job_ids)
+    # the resubmitted job resumed from the cancelled one's checkpoint, not from step 0
+    train_log = slurm_dir / "logs" / "train" / "lpr_synth_smoke" / cancelled_run.parent.name / f"{cancelled_run.name}.log"
+    assert re.search(r"resuming from .*latest\.pt at step [1-9]", train_log.read_text()), _tail(train_log)
 
-    # 4. The same numbers as the local run.
+    # 4. The same numbers as the local run (the interrupted run included).
     via_slurm, local_metrics = _metrics(slurm_dir, runs), _metrics(local_dir, runs)
     for key in runs:
         for field in ("overall", "subsets", "chance"):
