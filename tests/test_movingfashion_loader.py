@@ -58,5 +58,12 @@ def test_truncated_and_missing_mp4_are_reported(mf_data, tmp_path):
 
 def test_malformed_index(tmp_path):
     (tmp_path / "test.json").write_text('{"p1": {"img_path": "imgs/p1.jpg"}}')
-    with pytest.raises(AnnotationError, match="p1: expected img_path and a video_paths list"):
+    with pytest.raises(AnnotationError, match="p1: expected an img_path string and a video_paths list"):
+        movingfashion.read_test(tmp_path)
+    # a video list given as one string, and a product written twice, are errors too
+    (tmp_path / "test.json").write_text('{"p1": {"img_path": "imgs/p1.jpg", "video_paths": "v.mp4"}}')
+    with pytest.raises(AnnotationError, match="p1: expected an img_path string and a video_paths list"):
+        movingfashion.read_test(tmp_path)
+    (tmp_path / "test.json").write_text('{"p1": {"img_path": "a", "video_paths": []}, "p1": {"img_path": "b", "video_paths": []}}')
+    with pytest.raises(AnnotationError, match="key 'p1' occurs twice"):
         movingfashion.read_test(tmp_path)

@@ -22,6 +22,7 @@ import logging
 import re
 from pathlib import Path
 
+from sgmn.data.jsonfile import read_json as _read_json
 from sgmn.data.records import AnnotationError, Clip, TestSet
 
 log = logging.getLogger(__name__)
@@ -286,31 +287,6 @@ def _read_tsv_pairs(path: Path, n_fields: int = 2) -> dict[str, list[str]]:
             raise AnnotationError(path, lineno, f"duplicate id {key}")
         out[key] = fields[1:]
     return out
-
-
-def _no_duplicate_keys(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _read_json(path: Path):
-    """A JSON file (BOM dropped); a key that occurs twice in one object is an error."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as err:
-        raise AnnotationError(path, err.lineno, f"invalid JSON: {err.msg}") from None
-    except _DuplicateKey as err:
-        raise AnnotationError(path, None, f"key {err.args[0]!r} occurs twice in one JSON object") from None
-    except UnicodeDecodeError as err:
-        raise AnnotationError(path, None, f"not valid UTF-8 ({err.reason})") from None
 
 
 def _id_lists(path: Path, obj: dict, what: str, single_ok: bool) -> tuple[dict[str, list[str]], int]:

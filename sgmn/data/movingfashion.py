@@ -7,26 +7,26 @@ public archive lacks one): reading it fails at evaluation and it is reported as 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from sgmn.data.jsonfile import read_json
 from sgmn.data.records import AnnotationError, Clip, TestSet
 
 GALLERY_KEY = "all"
 
 
 def _read_index(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (is this a MovingFashion root?)") from None
-    except json.JSONDecodeError as err:
-        raise AnnotationError(path, err.lineno, f"invalid JSON: {err.msg}") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (is this a MovingFashion root?)")
+    data = read_json(path)
     if not isinstance(data, dict):
         raise AnnotationError(path, 1, "expected an object {product_id: {...}}")
     for pid, entry in data.items():
-        if not isinstance(entry, dict) or "img_path" not in entry or not isinstance(entry.get("video_paths"), list):
-            raise AnnotationError(path, None, f"product {pid}: expected img_path and a video_paths list")
+        if (not isinstance(entry, dict) or not isinstance(entry.get("img_path"), str)
+                or not isinstance(entry.get("video_paths"), list)
+                or not all(isinstance(v, str) and v.strip() for v in entry["video_paths"])):
+            raise AnnotationError(path, None, f"product {pid}: expected an img_path string and a "
+                                  f"video_paths list of path strings")
     return data
 
 
