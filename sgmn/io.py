@@ -77,13 +77,17 @@ def write_table(df, path: str | Path) -> None:
             df.to_csv(tmp, index=False)
 
 
+CODE_PATHS = ("sgmn", "baselines", "workflow", "Snakefile", "pyproject.toml", "environment.yml")
+
+
 def git_commit() -> dict:
-    """The commit of the suite's checkout, and whether it had uncommitted changes."""
+    """The commit of the suite's checkout, and whether its code had uncommitted changes."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # only the code counts: results/ and figures/ change with every run
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
                                     cwd=root, capture_output=True, text=True).stdout.strip())
         return {"commit": sha, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):
