@@ -98,7 +98,8 @@ def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: in
     """One (scale, variant): the train step, then inference, in this process."""
     import torch
 
-    from sgmn.train.loop import optimise, resolve_device
+    from sgmn.models.device import resolve_device
+    from sgmn.train.loop import optimise
     from sgmn.train.optim import build_optimizer
     from sgmn.train.retrieval import build_model
 

@@ -9,7 +9,7 @@ from sgmn.data.datasets import frame_masking
 from sgmn.models.clip import create_clip, save_clip
 from sgmn.models.sgmn import gra_only
 from sgmn.train import loop
-from sgmn.train.losses import vse_triplet
+from sgmn.models.losses import vse_triplet
 
 
 def test_vse_triplet_hand_computed():

@@ -20,7 +20,7 @@ from sgmn.models.gci import GCI, BatchLinear, frame_profile, topk_connections
 from sgmn.models.sgmn import SGMN
 from sgmn.models.smf import SMF, TextFusion, hard_candidates
 from sgmn.models.tmc import TMC, compact_frames
-from sgmn.train.losses import (distance_weighted_triplet, kl_rows, masked_vse_triplet, text_infonce,
+from sgmn.models.losses import (distance_weighted_triplet, kl_rows, masked_vse_triplet, text_infonce,
                                vse_triplet)
 
 torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from sgmn.models.gci import GCI
 from sgmn.models.sgmn import SGMN
 from sgmn.models.smf import SMF, TextFusion
 from sgmn.models.tmc import TMC
-from sgmn.train.losses import kl_rows, vse_triplet
+from sgmn.models.losses import kl_rows, vse_triplet
 from sgmn.train.loop import lr_multiplier, warmup_cosine_progress
 
 torch.set_num_threads(1)

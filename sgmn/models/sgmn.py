@@ -19,9 +19,9 @@ from torch import nn
 from sgmn.models.gci import GCI
 from sgmn.models.smf import SMF
 from sgmn.models.tmc import TMC, compact_frames
-from sgmn.train.distributed import gather
-from sgmn.train.losses import (distance_weighted_triplet, kl_rows, masked_vse_triplet, text_infonce,
-                               vse_triplet)
+from sgmn.models.gather import gather
+from sgmn.models.losses import (distance_weighted_triplet, kl_rows, masked_vse_triplet, text_infonce,
+                                vse_triplet)
 
 
 def official_init_(module: nn.Module) -> None:

@@ -391,7 +391,7 @@ def build_text_features(config: dict, data_dir: str | Path, clip_weights: str | 
     device: None follows config.train.device (auto: CUDA when available).
     """
     from sgmn.io import provenance
-    from sgmn.train.loop import resolve_device
+    from sgmn.models.device import resolve_device
     dcfg = config["dataset"]
     texts = collect_texts(data_dir, dcfg["format"], dcfg.get("on_bad_line", "error"))
     n_empty = sum(is_empty(t) for t in texts)

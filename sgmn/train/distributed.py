@@ -2,13 +2,9 @@
 
 `batch_size` in the config is the GLOBAL batch (the paper's 256 over 8 GPUs). Step s trains on
 exactly the batch a single process would train on at step s; rank r encodes the contiguous
-slice r of it. Models call `gather` on their per-process embeddings and labels, so every rank
-computes the same loss over the global batch (the in-batch negatives span all processes).
-
-`gather` is differentiable: the backward of `torch.distributed.nn.functional.all_gather` sums
-the gradients that every rank's (identical) loss sends to this rank's slice, i.e. world_size x
-dLoss/dslice, and DistributedDataParallel averages the parameter gradients over the ranks, so
-the parameter gradient equals the single-process gradient of the same global-batch loss.
+slice r of it. Models call `gather` (`sgmn.models.gather`, re-exported here) on their
+per-process embeddings and labels, so every rank computes the same loss over the global batch;
+this module launches the processes and holds the other collectives.
 
 Without torchrun (WORLD_SIZE unset or 1) every helper is a no-op and nothing is initialised.
 """
@@ -16,27 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 import torch
 import torch.distributed as dist
 
+from sgmn.models.gather import gather, is_distributed, world  # noqa: F401 (part of this module's API)
+
 log = logging.getLogger(__name__)
-# torch 2.14 marks the public autograd all_gather deprecated in favour of the private
-# torch.distributed._functional_collectives; it is still the supported differentiable gather
-warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
-                        category=FutureWarning)
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) of this process; (0, 1, 0) when not distributed."""
-    if not is_distributed():
-        return 0, 1, 0
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
 def init_from_env() -> tuple[int, int, int]:
@@ -77,26 +59,6 @@ def is_main() -> bool:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's `x` along dim 0 in rank order (identity when not distributed).
-
-    Every rank must pass a tensor of the same shape and dtype. Floating tensors that require
-    grad go through the differentiable all_gather; other tensors (labels, masks: integer and
-    bool included) through the plain one.
-    """
-    if not is_distributed():
-        return x
-    if x.requires_grad and torch.is_grad_enabled():
-        from torch.distributed.nn.functional import all_gather
-        return torch.cat(all_gather(x), dim=0)
-    y = x.to(torch.uint8) if x.dtype == torch.bool else x  # bool is not a collective dtype everywhere
-    y = y.detach().contiguous()
-    parts = [torch.empty_like(y) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, y)
-    out = torch.cat(parts, dim=0)
-    return out.bool() if x.dtype == torch.bool else out
 
 
 def local_slice(x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from sgmn.io import atomic_save, git_commit
 from sgmn.train import distributed
+from sgmn.models.device import resolve_device
 from sgmn.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -100,14 +101,6 @@ class StepBatchSampler(Sampler):
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The torch RNG of one step's augmentations (independent of how the run got there)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is available")
-    return torch.device(name)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
