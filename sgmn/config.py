@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
 
+from sgmn.data.jsonfile import DuplicateKey, no_duplicate_keys
 from sgmn.fidelity import apply_fidelity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ class StrictLoader(yaml.SafeLoader):
 
 StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    __import__("re").compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"))
 
 
@@ -168,10 +169,10 @@ def load_config(path: str | Path) -> dict:
         raise FileNotFoundError(f"config file {path} not found")
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
+            data = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=no_duplicate_keys)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
-        except KeyError as err:
+        except DuplicateKey as err:
             raise ConfigError(f"{path}: key {err.args[0]!r} occurs twice in one JSON object") from None
         lines = None
     else:
@@ -189,15 +190,6 @@ def resolve_run_config(config: dict) -> dict:
     if "variant" in config:
         return config
     return apply_fidelity(without_run_matrix(validate(config)))
-
-
-def _unique_keys(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise KeyError(key)
-        out[key] = value
-    return out
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:

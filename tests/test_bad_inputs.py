@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -24,13 +23,6 @@ L1 = "5b0e4c8a-2f1d-4a6b-8c3e-9d7f1a2b3c4d"
 L2 = "c81d4e2f-6a3b-4f5c-b7d8-0e1f2a3b4c5d"
 Q1, Q2, Q3 = f"{L1}-65000-74000", f"{L1}-130000-145000", f"{L2}-2710000-2719000"
 G1a = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
-
-
-@pytest.fixture
-def data(tmp_path):
-    dst = tmp_path / "lpr4m"
-    shutil.copytree(FIXTURE, dst)
-    return dst
 
 
 def _file(root: Path, pattern: str) -> Path:

@@ -3,7 +3,6 @@
 Expected values come from tests/fixtures/lpr4m_real_small/EXPECTED.md (computed by hand).
 """
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -23,14 +22,6 @@ Q1, Q2, Q3 = f"{L1}-65000-74000", f"{L1}-130000-145000", f"{L2}-2710000-2719000"
 G1a, G1b, G1d = ("a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "b2c3d4e5-f6a7-4b8c-9d0e-1f2a3b4c5d6e",
                  "d4e5f6a7-b8c9-4dae-bf2a-3b4c5d6e7f80")
 G2a = "6f7a8b9c-0d1e-4f2a-9b3c-4d5e6f7a8b9c"
-
-
-@pytest.fixture
-def data(tmp_path):
-    """A writable copy of the fixture, for tests that break it."""
-    dst = tmp_path / "lpr4m"
-    shutil.copytree(FIXTURE, dst)
-    return dst
 
 
 def test_reads_11_and_12_column_parts_with_header():

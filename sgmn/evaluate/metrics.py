@@ -137,7 +137,7 @@ def _score_rows(scores: pd.DataFrame, qindex: pd.Index, vocab: list[str]) -> dic
     dup = pd.Series(pair).duplicated().to_numpy()
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
-        raise ValueError(
+        raise ScoreTableError(
             f"duplicate score rows for (video_id, image_id) = "
             f"({vuniq[vcodes[r]]!r}, {iuniq[icodes[r]]!r})"
         )

@@ -71,7 +71,7 @@ def validate_scores(df: pd.DataFrame, where=None, source: str = "scores") -> tup
     for col in ("video_id", "image_id"):
         raw = df[col]
         null = raw.isna().to_numpy()
-        text = raw.astype(object).where(~null, "").map(lambda x: x if isinstance(x, str) else str(x))
+        text = raw.astype(object).where(~null, "").astype(str)
         clean = text.str.strip()
         bad = _first(null | (clean == "").to_numpy())
         if bad is not None:
