@@ -101,7 +101,7 @@ def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: in
     from sgmn.models.device import resolve_device
     from sgmn.train.loop import optimise
     from sgmn.train.optim import build_optimizer
-    from sgmn.train.retrieval import build_model
+    from sgmn.models.factory import build_model
 
     torch.set_num_threads(threads)
     device = resolve_device(device_name)
@@ -134,10 +134,8 @@ def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: in
     model.eval()
     one = {k: v[:1] for k, v in batch.items()}
     with torch.no_grad(), autocast:
-        text = (one["asr_feat"], one["asr_present"]) if model.te else (None, None)
-        title = (one["title_feat"], one["title_present"]) if model.te else (None, None)
-        query = lambda: model.encode_video(one["frames"], one["frame_mask"], *text)  # noqa: E731
-        image = lambda: model.encode_image(one["image"], *title)                    # noqa: E731
+        query = lambda: model.encode_clip(one)    # noqa: E731
+        image = lambda: model.encode_image(one)   # noqa: E731
         query(), image()                                                           # warm-up
         query_ms, image_ms = _median_ms(query, repeats, device), _median_ms(image, repeats, device)
     return {

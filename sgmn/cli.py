@@ -132,7 +132,7 @@ def cmd_evaluate(args) -> None:
         metrics["provenance"] = provenance(None, None)
         metrics["provenance"]["scores"] = str(args.scores)
     else:
-        from sgmn.train.retrieval import load_model
+        from sgmn.models.factory import load_model
         model, state = load_model(args.checkpoint)
         config = state["config"]
         if args.format:

@@ -272,3 +272,9 @@ def resolve_variant(config: dict, variant: str, variants: dict[str, dict] | None
 def strip_run_keys(config: dict) -> dict:
     """A resolved config without the keys that are not part of the schema (for re-validation)."""
     return {k: v for k, v in config.items() if k not in ("variant", "seed")}
+
+
+def uses_text(config: dict) -> bool:
+    """Whether a resolved config's method reads the ASR / title features: the `te` switch of
+    the method's own section (`sgmn.te`, `rice.te`; a method without one uses no text)."""
+    return bool(config.get(config.get("method", "sgmn"), {}).get("te", False))

@@ -115,13 +115,14 @@ def diagnose_run(run_dir, data_dir, text_features=None, clip_weights=None) -> di
     import torch
 
     from sgmn.text.features import TextFeatures
-    from sgmn.train.retrieval import build_model, load_model
+    from sgmn.config import uses_text
+    from sgmn.models.factory import build_model, load_model
     run_dir = Path(run_dir)
     final, state = load_model(run_dir / "final.pt")
     config, seed = state["config"], state["seed"]
     params = json.loads((run_dir / "params.json").read_text()) if (run_dir / "params.json").exists() else {}
     clip_weights = clip_weights or params.get("clip_weights", "none")
-    store = TextFeatures.load(text_features) if config["sgmn"]["te"] else None
+    store = TextFeatures.load(text_features) if uses_text(config) else None
     torch.manual_seed(seed)  # as train_run: the modules' init is drawn after this seed
     init = build_model(config, clip_weights, store.dim if store else None)
     batch = _batch(config, seed, data_dir, store)

@@ -599,7 +599,7 @@ def test_each_switch_adds_its_loss(visual, switch, keys):
 def test_tmc_switch_changes_the_video_embedding(visual):
     batch = make_batch()
     with_tmc, without = build(visual, **{**MODULES_OFF, "tmc": True}).eval(), build(visual, **MODULES_OFF).eval()
-    assert torch.allclose(with_tmc.encode_image(batch["image"]), without.encode_image(batch["image"]))
+    assert torch.allclose(with_tmc.encode_image(batch), without.encode_image(batch))
     assert not torch.allclose(with_tmc.encode_video(batch["frames"], batch["frame_mask"]),
                               without.encode_video(batch["frames"], batch["frame_mask"]), atol=1e-4)
 
@@ -658,8 +658,8 @@ def test_eq23_score_is_cos_v_i_plus_lambda_cos_a_t(visual, fidelity):
     model = build(visual, fidelity, lambda_text=0.7).eval()
     batch = make_batch()
     with torch.no_grad():
-        video = model.encode_video(batch["frames"], batch["frame_mask"], batch["asr_feat"], batch["asr_present"])
-        image = model.encode_image(batch["image"], batch["title_feat"], batch["title_present"])
+        video = model.encode_clip(batch)
+        image = model.encode_image(batch)
         score = model.score(video, image)
         assert score.shape == (B, B)
         # by hand from the model's parts: TMC over the compacted real frames, mean, cosine
@@ -683,7 +683,7 @@ def test_eq23_score_is_cos_v_i_plus_lambda_cos_a_t(visual, fidelity):
         # without text (a model trained without TE) the score is the visual cosine alone
         plain = build(visual, fidelity, te=False).eval()
         plain.load_state_dict(model.state_dict(), strict=False)
-        s = plain.score(plain.encode_video(batch["frames"], batch["frame_mask"]), plain.encode_image(batch["image"]))
+        s = plain.score(plain.encode_clip(batch), plain.encode_image(batch))
         assert torch.allclose(s, cos_vi, atol=1e-5)
 
 
@@ -691,9 +691,9 @@ def test_text_model_needs_text(visual):
     model = build(visual).eval()
     batch = make_batch()
     with pytest.raises(ValueError, match="text"):
-        model.encode_video(batch["frames"], batch["frame_mask"])
+        model.encode_clip({"frames": batch["frames"], "frame_mask": batch["frame_mask"]})
     with pytest.raises(ValueError, match="text"):
-        model.encode_image(batch["image"])
+        model.encode_image({"image": batch["image"]})
     with pytest.raises(ValueError, match="text"):
         SGMN(copy.deepcopy(visual), sgmn_cfg(), num_frames=L, batch_size=B, text_dim=None)
 
@@ -856,7 +856,7 @@ def test_official_model_builds_the_official_modules(visual):
     assert official.smf.num_neg == 3 and paper.smf.num_neg == 4
     assert official.smf.symmetric is False and paper.smf.symmetric is True
     assert official.smf.scorer.pool == "cls" and paper.smf.scorer.pool == "avg"
-    assert math.isclose(official.cfg["kl_weight"], 10.0) and math.isclose(paper.cfg["kl_weight"], 1.0)
+    assert math.isclose(official.cfg.kl_weight, 10.0) and math.isclose(paper.cfg.kl_weight, 1.0)
 
 
 # ---------------------------------------------------------------- bf16 autocast (train.precision)

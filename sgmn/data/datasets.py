@@ -41,6 +41,34 @@ def boxes_tensor(frame_boxes, index: torch.Tensor, pixel_size: tuple[int, int] |
     return boxes, counts
 
 
+def target_index(clip: Clip, index: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(L,) position of the intended product's box among each sampled frame's boxes, -1 for none.
+
+    LPR-Synth names it (`target_index`, from synth_meta.json); real LPR4M annotates one
+    intended-product box per frame (RICE supplementary, Sec. 2.2), so there it is the first box.
+    """
+    named = clip.extra.get("target_index")
+    if named is None:
+        return torch.where(counts > 0, 0, -1)
+    named = torch.tensor(named + [-1], dtype=torch.long)           # index -1 (padding) -> -1
+    out = named[index.clamp(min=-1)]
+    return torch.where(out < counts, out, -1)                      # a box dropped past MAX_BOXES
+
+
+def clip_boxes(clip: Clip, index: torch.Tensor, mask: torch.Tensor) -> dict:
+    """The sampled frames' boxes (`boxes`, `box_counts`) and the intended product's box per frame
+    (`target_box` (L, 4), `target_present` (L,)), normalised [x1, y1, x2, y2]."""
+    pixel = None
+    if clip.extra.get("pixel_boxes") and mask.any():
+        pixel = read_image(clip.frame_paths[int(index[mask][0])]).shape[1::-1]
+    boxes, counts = boxes_tensor(clip.frame_boxes, index, pixel)
+    target = target_index(clip, index, counts) if clip.frame_boxes is not None else torch.full_like(counts, -1)
+    present = target >= 0
+    box = boxes.gather(1, target.clamp(min=0).view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+    return {"boxes": boxes, "box_counts": counts, "target_box": box * present.unsqueeze(1),
+            "target_present": present}
+
+
 class ClipPairDataset(Dataset):
     """(clip, shop image, ASR, title, product) training pairs.
 
@@ -67,14 +95,9 @@ class ClipPairDataset(Dataset):
             image = to_tensor(read_image(clip.image_path), self.image_size)
         except FrameReadError as err:
             raise FrameReadError(f"{err} (annotation {clip.source})") from None
-        pixel = None
-        if clip.extra.get("pixel_boxes"):
-            first = clip.frame_paths[int(index[mask][0])]
-            pixel = read_image(first).shape[1::-1]
-        boxes, counts = boxes_tensor(clip.frame_boxes, index, pixel)
         return {"frames": frames, "frame_mask": mask, "image": image, "asr": clip.asr,
-                "title": clip.title, "product": self.label[clip.image_id], "boxes": boxes,
-                "box_counts": counts, "index": i}
+                "title": clip.title, "product": self.label[clip.image_id], "index": i,
+                **clip_boxes(clip, index, mask)}
 
 
 class QueryDataset(Dataset):
@@ -90,15 +113,17 @@ class QueryDataset(Dataset):
         q = self.queries[i]
         errors: list[str] = []
         try:
-            frames, mask, _ = load_clip_frames(q.frame_paths, q.video_path, self.num_frames,
-                                               self.image_size, "mask", errors)
+            frames, mask, index = load_clip_frames(q.frame_paths, q.video_path, self.num_frames,
+                                                   self.image_size, "mask", errors)
+            boxes = clip_boxes(q, index, mask)
             ok, error = True, ""
         except FrameReadError as err:
             frames = torch.zeros(self.num_frames, 3, self.image_size, self.image_size)
             mask = torch.zeros(self.num_frames, dtype=torch.bool)
+            boxes = clip_boxes(q, torch.full((self.num_frames,), -1), mask)
             ok, error = False, str(err)
         return {"frames": frames, "frame_mask": mask, "ok": ok, "error": error,
-                "frame_errors": errors, "video_id": q.video_id, "asr": q.asr}
+                "frame_errors": errors, "video_id": q.video_id, "asr": q.asr, **boxes}
 
 
 class ImageDataset(Dataset):

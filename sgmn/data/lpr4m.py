@@ -207,6 +207,21 @@ def parse_training_line(line: str, root: Path, path: Path, lineno: int,
         category_name=row["category_name"], extra=extra, source=f"{path}:{lineno}")
 
 
+def attach_synth_targets(root: Path, clips: list[Clip]) -> list[Clip]:
+    """LPR-Synth only: the intended product's box index per annotated frame (-1: not in view),
+    from synth_meta.json, as `extra["target_index"]` (real LPR4M has no such file; its single
+    annotated box per frame is the intended product's, sgmn.data.datasets.target_index)."""
+    meta_path = Path(root) / "synth_meta.json"
+    if not meta_path.is_file():
+        return clips
+    meta = _read_json(meta_path).get("clips", {})
+    for clip in clips:
+        index = meta.get(clip.video_id, {}).get("target_box_index")
+        if index is not None:
+            clip.extra["target_index"] = list(index)
+    return clips
+
+
 def read_training(root: str | Path, on_bad_line: str = "error",
                   skipped: list[str] | None = None) -> list[Clip]:
     """All clips of `training_videoinfo_full_*.txt`, in part order then line order.
@@ -239,7 +254,7 @@ def read_training(root: str | Path, on_bad_line: str = "error",
                 log.warning("skipping bad annotation line: %s", err)
                 if skipped is not None:
                     skipped.append(str(err))
-    return clips
+    return attach_synth_targets(root, clips)
 
 
 def _read_lines(path: Path, on_bad_line: str = "error", skipped: list[str] | None = None):
@@ -368,6 +383,7 @@ def read_test(root: str | Path) -> TestSet:
             asr=asr.get(video_id, ""), category_name=categories.get(video_id),
             extra={"pixel_boxes": pixel, "box_source": str(box_path)}, source=f"{gt_path}"))
     image_ids = {i for ids in gallery.values() for i in ids} | {i for ids in gt.values() for i in ids}
+    attach_synth_targets(root, queries)
     return TestSet(queries=queries, gallery={k: list(v) for k, v in gallery.items()}, gt=gt,
                    image_paths={i: image_path(root, i) for i in sorted(image_ids)},
                    titles=titles, categories=categories, problems=problems)

@@ -56,14 +56,21 @@ def build_queries(test: TestSet) -> list[Query]:
     return queries
 
 
-def _text_args(model, text_store, texts: list[str], device) -> tuple:
-    """(features, present) of these texts for a model with a text branch, else ()."""
-    if not getattr(model, "te", False):
-        return ()
+def _with_text(model, batch: dict, text_store, texts: list[str], key: str) -> dict:
+    """The batch with `{key}_feat` / `{key}_present` added for a method that reads text."""
+    if not model.uses_text:
+        return batch
     if text_store is None:
-        raise ValueError("this model uses text (sgmn.te): pass the text features (--text-features)")
+        raise ValueError(f"this {model.name} model uses text (its te switch): pass the text features (--text-features)")
     feats, present = text_store.lookup(texts)
-    return feats.to(device), present.to(device)
+    device = next(iter(batch.values())).device
+    batch[f"{key}_feat"], batch[f"{key}_present"] = feats.to(device), present.to(device)
+    return batch
+
+
+def _kept(batch: dict, ok: torch.Tensor, device) -> dict:
+    """The readable rows of a batch's tensors, on the device (strings and lists are dropped)."""
+    return {k: v[ok].to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "ok"}
 
 
 @torch.no_grad()
@@ -79,8 +86,9 @@ def encode_gallery(model, test: TestSet, image_size: int, batch_size: int, devic
                 errors[image_id] = err
         if ok.any():
             ids = [i for i, good in zip(batch["image_id"], ok.tolist()) if good]
-            text = _text_args(model, text_store, [test.titles.get(i, "") for i in ids], device)
-            feats.append(model.encode_image(batch["image"][ok].to(device), *text).float().cpu())
+            rows = _with_text(model, _kept(batch, ok, device), text_store,
+                              [test.titles.get(i, "") for i in ids], "title")
+            feats.append(model.encode_image(rows).float().cpu())
             kept += ids
     emb = torch.cat(feats) if feats else torch.zeros(0, 1)
     return kept, emb, errors
@@ -99,9 +107,9 @@ def encode_queries(model, test: TestSet, num_frames: int, image_size: int, batch
             if not good:
                 unreadable[vid] = err
         if ok.any():
-            text = _text_args(model, text_store, [a for a, good in zip(batch["asr"], ok.tolist()) if good], device)
-            v = model.encode_video(batch["frames"][ok].to(device), batch["frame_mask"][ok].to(device), *text)
-            feats.append(v.float().cpu())
+            rows = _with_text(model, _kept(batch, ok, device), text_store,
+                              [a for a, good in zip(batch["asr"], ok.tolist()) if good], "asr")
+            feats.append(model.encode_clip(rows).float().cpu())
             kept += [v for v, good in zip(batch["video_id"], ok.tolist()) if good]
     emb = torch.cat(feats) if feats else torch.zeros(0, 1)
     return kept, emb, unreadable, frame_errors

@@ -64,3 +64,17 @@ def save_clip(model: torch.nn.Module, path: str | Path) -> None:
     """Save a state dict that `create_clip(name, pretrained=path)` loads bit-identically."""
     from sgmn.io import atomic_save
     atomic_save(model.state_dict(), path)
+
+
+def encode_tokens(visual: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(n, 3, H, W) -> the projected CLS embedding (n, D) and, when `visual.output_tokens` is
+    set, every token projected into the same space (n, 1 + patches, D), CLS first.
+
+    open_clip returns the patch tokens after ln_post but before the projection, so they are
+    projected here (the official SGMN code does the same, modeling.py get_visual_output)."""
+    if not visual.output_tokens:
+        return visual(x), None
+    cls, patches = visual(x)
+    if visual.proj is not None:
+        patches = patches @ visual.proj
+    return cls, torch.cat([cls.unsqueeze(1), patches], 1)

@@ -11,17 +11,75 @@ frames, D the CLIP embedding, Dt the text-feature dimension, T tokens per frame 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgmn.models.clip import encode_tokens
 from sgmn.models.gci import GCI
 from sgmn.models.smf import SMF
 from sgmn.models.tmc import TMC, compact_frames
 from sgmn.models.gather import gather
+from sgmn.models.method import RetrievalMethod
 from sgmn.models.losses import (distance_weighted_triplet, kl_rows, masked_vse_triplet, text_infonce,
                                 vse_triplet)
+
+
+@dataclass(frozen=True)
+class SGMNConfig:
+    """SGMN's switches and recipe: the `sgmn` section of a resolved config (its keys, values and
+    the paper/official choices are described in workflow/schemas/config.schema.yaml)."""
+    te: bool
+    tmc: bool
+    gci: bool
+    smf: bool
+    lambda_text: float
+    beta1: float
+    beta2: float
+    heads: int
+    gci_heads: int
+    init: str
+    tmc_layers: int
+    triplet: str
+    dw_dim: str | int
+    triplet_reduction: str
+    text_filter: str
+    text_loss: str
+    text_temperature: float
+    gci_graphs: dict
+    connect_ratio: float
+    connect_count: str
+    cross_connection: str
+    intra_connection: str
+    relevance_profile: str
+    batch_linear: bool
+    gci_attention: str
+    kl_target: str
+    kl_graph: str
+    kl_reference: str
+    kl_weight: float
+    smf_k: int
+    smf_k_counts_positive: bool
+    smf_symmetric: bool
+    smf_pool: str
+    smf_temperature: float
+    smf_normalize: bool
+    smf_fusion_dropout: float
+
+    @classmethod
+    def from_dict(cls, section: dict) -> "SGMNConfig":
+        """From a resolved `sgmn` section; a key left null (fidelity not applied) is an error."""
+        unresolved = sorted(k for k, v in section.items() if v is None)
+        if unresolved:
+            raise ValueError(f"sgmn keys {unresolved} are unresolved (null): resolve the config "
+                             f"(sgmn.config.resolve_run_config) before building the model")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - names)
+        if unknown:
+            raise ValueError(f"unknown sgmn keys {unknown}")
+        return cls(**section)
 
 
 def official_init_(module: nn.Module) -> None:
@@ -38,44 +96,57 @@ def official_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class SGMN(nn.Module):
-    def __init__(self, visual: nn.Module, cfg: dict, num_frames: int, batch_size: int,
+class SGMN(RetrievalMethod):
+    name = "sgmn"
+
+    def __init__(self, visual: nn.Module, cfg: SGMNConfig | dict, num_frames: int, batch_size: int,
                  margin: float = 0.2, text_dim: int | None = None, clip_text: dict | None = None):
-        """clip_text: CLIP's text tower as {"block": its layer 0, "positions": its positional
+        """cfg: the `sgmn` section (an SGMNConfig, or the resolved dict it is built from).
+        clip_text: CLIP's text tower as {"block": its layer 0, "positions": its positional
         embedding}, which `init: official` copies into SMF's cross-encoder."""
         super().__init__()
+        cfg = cfg if isinstance(cfg, SGMNConfig) else SGMNConfig.from_dict(cfg)
         self.visual = visual  # open_clip VisionTransformer, shared by frames and images (Eqs. 1-2)
         self.cfg, self.margin = cfg, margin
-        self.hardest_negatives = True  # the trainer may average over all negatives first
         dim = visual.output_dim
-        self.lam = cfg["lambda_text"]
-        self.te = bool(cfg["te"])
+        self.lam = cfg.lambda_text
+        self.te = self.uses_text = bool(cfg.te)
         if self.te and not text_dim:
             raise ValueError("sgmn.te needs text features (the text_features step): text_dim is unset")
         self.filters = nn.ModuleDict()
         if self.te:  # Eq. 4's filter layer; the official code has one per text
-            names = ["shared"] if cfg["text_filter"] == "shared" else ["asr", "title"]
+            names = ["shared"] if cfg.text_filter == "shared" else ["asr", "title"]
             self.filters.update({k: nn.Linear(text_dim, text_dim) for k in names})
         # GCI and SMF only shape training (their losses, weighted by beta1 and beta2 in Eq. 22):
         # at weight 0 they are not built, which is the same model at less cost
-        self.tmc = TMC(dim, cfg["heads"], cfg["tmc_layers"], num_frames) if cfg["tmc"] else None
-        self.gci = GCI(dim, num_frames, batch_size, cfg["gci_heads"], cfg["gci_graphs"], cfg["connect_ratio"],
-                       cfg["intra_connection"], cfg["relevance_profile"], cfg["batch_linear"],
-                       cfg["gci_attention"], cfg["connect_count"],
-                       cfg["cross_connection"]) if cfg["gci"] and cfg["beta1"] > 0 else None
+        self.tmc = TMC(dim, cfg.heads, cfg.tmc_layers, num_frames) if cfg.tmc else None
+        self.gci = GCI(dim, num_frames, batch_size, cfg.gci_heads, cfg.gci_graphs, cfg.connect_ratio,
+                       cfg.intra_connection, cfg.relevance_profile, cfg.batch_linear,
+                       cfg.gci_attention, cfg.connect_count,
+                       cfg.cross_connection) if cfg.gci and cfg.beta1 > 0 else None
         tokens = 1 + (visual.grid_size[0] * visual.grid_size[1])
-        official = cfg["init"] == "official"
-        if official and cfg["smf"] and cfg["beta2"] > 0 and clip_text is None:
+        official = cfg.init == "official"
+        if official and cfg.smf and cfg.beta2 > 0 and clip_text is None:
             raise ValueError("sgmn.init official copies CLIP's text layer 0 into SMF: pass clip_text")
-        self.smf = SMF(dim, text_dim if self.te else None, cfg["heads"], cfg["smf_k"],
-                       cfg["smf_k_counts_positive"], cfg["smf_symmetric"], cfg["smf_pool"],
-                       cfg["smf_temperature"], max_tokens=tokens, normalize=cfg["smf_normalize"],
-                       fusion_dropout=cfg["smf_fusion_dropout"],
+        self.smf = SMF(dim, text_dim if self.te else None, cfg.heads, cfg.smf_k,
+                       cfg.smf_k_counts_positive, cfg.smf_symmetric, cfg.smf_pool,
+                       cfg.smf_temperature, max_tokens=tokens, normalize=cfg.smf_normalize,
+                       fusion_dropout=cfg.smf_fusion_dropout,
                        self_heads=clip_text["block"].attn.num_heads if official and clip_text else None,
-                       ) if cfg["smf"] and cfg["beta2"] > 0 else None
+                       ) if cfg.smf and cfg.beta2 > 0 else None
         visual.output_tokens = self.smf is not None
         if official:
             self._official_init(clip_text)
+
+    @classmethod
+    def from_config(cls, config: dict, clip: nn.Module, text_dim: int | None = None) -> "SGMN":
+        """SGMN of a resolved run config, sharing `clip`'s visual tower (and, for `init: official`,
+        copying its text layer 0 into SMF)."""
+        m, t = config["model"], config["train"]
+        clip_text = {"block": clip.transformer.resblocks[0], "positions": clip.positional_embedding} \
+            if hasattr(clip, "transformer") else None
+        return cls(clip.visual, config["sgmn"], m["num_frames"], t["batch_size"], t["margin"],
+                   text_dim=text_dim if config["sgmn"]["te"] else None, clip_text=clip_text)
 
     def _official_init(self, clip_text: dict | None) -> None:
         """N(0, 0.02) for every layer SGMN adds (not CLIP's), then CLIP's text layer 0 and
@@ -94,12 +165,7 @@ class SGMN(nn.Module):
     # ---- encoders (GRA, Eqs. 1-4) ----
     def _visual(self, x: torch.Tensor):
         """(n, 3, H, W) -> projected CLS (n, D) and, for SMF, all projected tokens (n, T, D)."""
-        if not self.visual.output_tokens:
-            return self.visual(x), None
-        cls, patches = self.visual(x)
-        if self.visual.proj is not None:
-            patches = patches @ self.visual.proj
-        return cls, torch.cat([cls.unsqueeze(1), patches], 1)
+        return encode_tokens(self.visual, x)
 
     def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor):
         """Only real frames are encoded; padding is zeros. -> (B, L, D), (B, L, T, D) or None."""
@@ -143,31 +209,39 @@ class SGMN(nn.Module):
         a = self.encode_text(text, present, "asr") if self.te and text is not None else None
         return self._with_text(v, a)
 
-    def encode_image(self, images, text=None, present=None) -> torch.Tensor:
+    def embed_image(self, images, text=None, present=None) -> torch.Tensor:
         i = F.normalize(self._visual(images)[0], dim=-1)
         t = self.encode_text(text, present, "title") if self.te and text is not None else None
         return self._with_text(i, t)
 
-    @staticmethod
-    def score(video: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return video @ images.T                                            # Eq. 23, (Bv, Bi)
+    def encode_clip(self, batch: dict) -> torch.Tensor:
+        """[V, sqrt(lambda) A] of a clip batch: with the dot product of encode_image's output this
+        is Eq. 23's S = cos(V, I) + lambda cos(A, T), the base class's score."""
+        return self.encode_video(batch["frames"], batch["frame_mask"], batch.get("asr_feat"),
+                                 batch.get("asr_present"))
+
+    def encode_image(self, batch: dict) -> torch.Tensor:
+        """[I, sqrt(lambda) T] of an image batch (Eq. 23)."""
+        return self.embed_image(batch["image"], batch.get("title_feat"), batch.get("title_present"))
 
     # ---- training (Eqs. 5, 15-22) ----
     def triplet(self, sim: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.cfg["triplet"] == "distance_weighted":
-            dim = self.visual.output_dim if self.cfg["dw_dim"] == "embedding" else int(self.cfg["dw_dim"])
+        if self.cfg.triplet == "distance_weighted":
+            dim = self.visual.output_dim if self.cfg.dw_dim == "embedding" else int(self.cfg.dw_dim)
             return distance_weighted_triplet(sim, labels, self.margin, dim=dim,
-                                             reduction=self.cfg["triplet_reduction"])
-        return vse_triplet(sim, labels, self.margin, self.hardest_negatives, self.cfg["triplet_reduction"])
+                                             reduction=self.cfg.triplet_reduction)
+        return vse_triplet(sim, labels, self.margin, self.hardest_negatives, self.cfg.triplet_reduction)
 
     def text_loss(self, a, t, labels, present) -> torch.Tensor:
         sim = a @ t.T
-        if self.cfg["text_loss"] == "infonce":
-            return text_infonce(sim, labels, present, self.cfg["text_temperature"])
+        if self.cfg.text_loss == "infonce":
+            return text_infonce(sim, labels, present, self.cfg.text_temperature)
         return self.lam * masked_vse_triplet(sim, labels, present, self.margin, self.hardest_negatives,
-                                             self.cfg["triplet_reduction"])
+                                             self.cfg.triplet_reduction)
 
-    def forward(self, batch: dict) -> dict:
+    def loss(self, batch: dict) -> dict:
+        """Eq. 22's terms on a training batch: similarity (Eq. 5), text, graph and KL (Eqs. 15-16),
+        matching (Eq. 21)."""
         mask, frames = compact_frames(batch["frame_mask"], batch["frames"])
         cls_f, tok_f = self.encode_frames(frames, mask)
         cls_i, tok_i = self._visual(batch["image"])
@@ -188,20 +262,20 @@ class SGMN(nn.Module):
 
         if self.gci is not None:
             vg, ig, cross = self.gci(v, i, vf, mask)
-            beta1 = self.cfg["beta1"]
+            beta1 = self.cfg.beta1
             graph = self.triplet(vg @ ig.T, labels) + self.triplet(v @ ig.T, labels) \
                 + self.triplet(vg @ i.T, labels)                            # Eq. 15
             out["graph_loss"] = beta1 * graph
             if cross is not None:                                         # Eq. 16
                 target = self._kl_target(v.detach(), i.detach(), vf.detach(), mask)
                 kl = self._kl(*cross["v2i"], target) + self._kl(*cross["i2v"], target.T)
-                out["kl_loss"] = beta1 * self.cfg["kl_weight"] * kl
+                out["kl_loss"] = beta1 * self.cfg.kl_weight * kl
 
         if self.smf is not None:
             b, l, tk, d = tok_f.shape
             vid_tok = gather(tok_f.reshape(b, l * tk, d))
             vid_mask = mask.repeat_interleave(tk, dim=1)                   # (N, L*T)
-            out["matching_loss"] = self.cfg["beta2"] * self.smf(
+            out["matching_loss"] = self.cfg.beta2 * self.smf(
                 fused, labels, gather(tok_i), vid_tok, vid_mask, t, a, t_present, a_present)
         return out
 
@@ -209,17 +283,17 @@ class SGMN(nn.Module):
                    mask: torch.Tensor) -> torch.Tensor:
         """H of Eq. 16 (Nv, Ni): frame_similarity is the frame-level S_V S_I^T averaged over
         each clip's real frames (frames are unit-norm and zero at padding)."""
-        if self.cfg["kl_target"] == "exp_neg_distance":
+        if self.cfg.kl_target == "exp_neg_distance":
             return torch.exp(-torch.cdist(v, i))
-        if self.cfg["kl_target"] == "frame_similarity":
+        if self.cfg.kl_target == "frame_similarity":
             return torch.einsum("vld,id->vi", frames, i) / mask.sum(1, keepdim=True).clamp(min=1)
         return v @ i.T
 
     def _kl(self, relevance: torch.Tensor, edges: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """One direction of Eq. 16: the graph's distribution (on its edges, or the relation over
         every pair) against H's, in the configured direction."""
-        on_graph = edges if self.cfg["kl_graph"] == "graph" else None
-        return kl_rows(relevance, target, self.cfg["kl_reference"], on_graph)
+        on_graph = edges if self.cfg.kl_graph == "graph" else None
+        return kl_rows(relevance, target, self.cfg.kl_reference, on_graph)
 
 
 def gra_only(visual: nn.Module, margin: float = 0.2, num_frames: int = 8, batch_size: int = 32) -> SGMN:

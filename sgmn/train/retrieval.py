@@ -1,8 +1,8 @@
-"""Training a retrieval model (GRA today; the SGMN modules and baselines plug in the same way).
+"""Training a retrieval model: any registered method (sgmn.models.registry), built by the factory.
 
-`build_model` turns a resolved config into a model whose visual encoder is initialised from the
-configured CLIP weights; `train_run` trains it and writes `final.pt`, a self-describing
-checkpoint (weights, config, seed, provenance) that `sgmn evaluate` rebuilds the model from.
+`train_run` builds the config's method (its visual encoder from the configured CLIP weights),
+trains it and writes `final.pt`, a self-describing checkpoint (weights, config, seed,
+provenance) that `sgmn.models.factory.load_model` rebuilds the model from.
 """
 from __future__ import annotations
 
@@ -12,44 +12,13 @@ from pathlib import Path
 import torch
 
 from sgmn.data.datasets import ClipPairDataset, collate, frame_masking, read_split
+from sgmn.config import uses_text
 from sgmn.io import atomic_save, provenance, write_json
-from sgmn.models.clip import create_clip
-from sgmn.models.sgmn import SGMN
+from sgmn.models.factory import build_model, load_model  # noqa: F401  (load_model: re-exported)
 from sgmn.text.features import TextFeatures
 from sgmn.train import distributed, loop
 
 log = logging.getLogger(__name__)
-
-
-def build_model(config: dict, clip_weights: str | None = "none", text_dim: int | None = None) -> SGMN:
-    """SGMN with the config's switches (all off: GRA only), its visual tower from CLIP weights."""
-    m, t = config["model"], config["train"]
-    clip = create_clip(m["clip"], clip_weights, m["image_size"])
-    clip_text = {"block": clip.transformer.resblocks[0], "positions": clip.positional_embedding} \
-        if hasattr(clip, "transformer") else None
-    return SGMN(clip.visual, config["sgmn"], m["num_frames"], t["batch_size"], t["margin"],
-                text_dim=text_dim if config["sgmn"]["te"] else None, clip_text=clip_text)
-
-
-def load_model(checkpoint: str | Path) -> tuple[SGMN, dict]:
-    """Rebuild a trained model from its final.pt (strict: every weight must match).
-
-    The stored config is re-validated, so a key added to the schema since the checkpoint was
-    written takes its default; if that changes the model's structure, the error says so.
-    """
-    from sgmn.config import ConfigError, resolve_run_config, strip_run_keys, validate
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    try:
-        config = {**resolve_run_config(validate(strip_run_keys(state["config"]))), "variant": state["config"].get("variant")}
-    except ConfigError as err:
-        raise ConfigError(f"{checkpoint}: its stored config no longer validates: {err}") from None
-    model = build_model(config, "none", state.get("text_dim"))
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as err:
-        raise RuntimeError(f"{checkpoint} does not match the model its config builds today (written by an "
-                           f"older version of the suite? retrain it): {str(err)[:500]}") from None
-    return model, state
 
 
 def add_text_features(batch: dict, store: TextFeatures | None, device) -> dict:
@@ -68,9 +37,10 @@ def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     tcfg, dcfg = config["train"], config["dataset"]
     torch.manual_seed(seed)
-    store = TextFeatures.load(text_features) if config["sgmn"]["te"] else None
-    if config["sgmn"]["te"] and text_features is None:
-        raise ValueError("sgmn.te is on: pass the text feature cache (--text-features)")
+    text = uses_text(config)
+    if text and text_features is None:
+        raise ValueError(f"{config.get('method', 'sgmn')}.te is on: pass the text feature cache (--text-features)")
+    store = TextFeatures.load(text_features) if text else None
     model = build_model(config, clip_weights, store.dim if store else None)
     if distributed.is_main():
         write_json({**provenance(config, seed), "clip_weights": str(clip_weights)}, out_dir / "params.json")

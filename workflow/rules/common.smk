@@ -3,7 +3,7 @@ import json
 
 from snakemake.utils import validate
 
-from sgmn.config import coerce_yaml11_floats, load_variants, load_yaml, resolve_variant
+from sgmn.config import coerce_yaml11_floats, load_variants, load_yaml, resolve_variant, uses_text
 from sgmn.evaluate.curves import curve_variants
 from sgmn.evaluate.fidelity_table import fidelity_variants
 
@@ -96,11 +96,11 @@ def get_run_metrics(wildcards):
 
 def get_text_input(wildcards):
     """The text feature cache when the variant has the text branch (sgmn.te), else nothing."""
-    return f"results/{DATASET}/text" if RESOLVED[wildcards.variant]["sgmn"]["te"] else []
+    return f"results/{DATASET}/text" if uses_text(RESOLVED[wildcards.variant]) else []
 
 
 def get_text_arg(wildcards):
-    return f"--text-features results/{DATASET}/text" if RESOLVED[wildcards.variant]["sgmn"]["te"] else ""
+    return f"--text-features results/{DATASET}/text" if uses_text(RESOLVED[wildcards.variant]) else ""
 
 
 def get_train_threads(wildcards):

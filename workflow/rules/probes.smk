@@ -29,7 +29,7 @@ def _probe_model(wildcards):
 
 
 def _probe_has_text(probe, arm):
-    return PROBE_MODELS[(probe, arm)]["sgmn"]["te"]
+    return uses_text(PROBE_MODELS[(probe, arm)])
 
 
 def get_probe_knobs(wildcards):
