@@ -152,7 +152,8 @@ class CrossAttentionDecoder(nn.Module):
             raise ValueError(f"rice.pmd_heads={heads} does not divide the encoder width {dim}")
         self.heads, self.head_dim = heads, dim // heads
         self.norm_q, self.norm_kv, self.norm_out = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        # no key bias: q . b is the same for every key, so softmax cancels it (its gradient is 0)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:                    # (..., T, D) -> (..., H, T, dh)
@@ -204,9 +205,10 @@ class RICE(RetrievalMethod):
         if cfg.pmd_weight > 0 or cfg.pfr_weight > 0:
             self.decoder = CrossAttentionDecoder(dim, cfg.pmd_heads)
             self.match_vector = nn.Parameter(torch.randn(dim) * dim ** -0.5)
-            self.pfr_head = nn.Conv2d(cfg.pmd_heads, 1, kernel_size=1)
-            nn.init.ones_(self.pfr_head.weight)    # official initialize_head_weights: weights 1, bias 0
-            nn.init.zeros_(self.pfr_head.bias)
+            # no bias: the softmax over keys that follows cancels it. Official init: weights 1
+            # (pretraining.py `initialize_head_weights`), i.e. the heads' maps summed
+            self.pfr_head = nn.Conv2d(cfg.pmd_heads, 1, kernel_size=1, bias=False)
+            nn.init.ones_(self.pfr_head.weight)
         visual.output_tokens = self.decoder is not None
 
     @classmethod
@@ -298,6 +300,17 @@ class RICE(RetrievalMethod):
         return self._with_text(self._encode_image(batch["image"])[0], batch, "title")
 
     # ---- training ----
+    def match_logits(self, image_tokens: torch.Tensor, video_tokens: torch.Tensor, key_mask: torch.Tensor,
+                     sim: torch.Tensor, labels: torch.Tensor):
+        """PMD: each image against its own clip (column 0) and its hard negatives, mined from the
+        detached image x clip similarity `sim` (N, N). -> logits (N, 1 + hard_negatives),
+        valid (N, hard_negatives), attention maps (N, C, H, P, K)."""
+        neg, valid = mine_hard_negatives(sim, labels, self.cfg.hard_negatives)
+        own = torch.arange(len(labels), device=neg.device).unsqueeze(1)
+        pooled, attn = self.decoder(image_tokens, video_tokens, key_mask, torch.cat([own, neg], 1))
+        logits = self.cfg.pmd_scale * F.normalize(pooled, dim=-1) @ F.normalize(self.match_vector, dim=0)
+        return logits, valid, attn
+
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """ICL on the global batch, plus PMD and PFR when built; each term already weighted."""
         v, vid_tok, vid_mask = self._encode_video(batch)
@@ -311,11 +324,7 @@ class RICE(RetrievalMethod):
             return {**out, "pmd_loss": zero, "pfr_loss": zero}
 
         vid_tok, vid_mask, img_tok = gather(vid_tok), gather(vid_mask), gather(img_tok)
-        neg, valid = mine_hard_negatives((i @ v.T).detach(), labels, self.cfg.hard_negatives)
-        n = len(labels)
-        candidates = torch.cat([torch.arange(n, device=neg.device).unsqueeze(1), neg], 1)   # (N, C)
-        pooled, attn = self.decoder(img_tok, vid_tok, vid_mask, candidates)
-        logits = self.cfg.pmd_scale * F.normalize(pooled, dim=-1) @ F.normalize(self.match_vector, dim=0)
+        logits, valid, attn = self.match_logits(img_tok, vid_tok, vid_mask, (i @ v.T).detach(), labels)
         out["pmd_loss"] = self.cfg.pmd_weight * pmd_loss(logits, valid)
         out["pfr_loss"] = self.cfg.pfr_weight * pfr_loss(attn[:, 0], self.pfr_head, vid_tok, img_tok, vid_mask)
         return out

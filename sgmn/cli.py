@@ -100,7 +100,8 @@ def cmd_train(args) -> None:
         if processes != world_size:
             log.warning("train.processes is %d but %d process(es) run: the global batch and the "
                         "results are the same, only the speed differs", processes, world_size)
-        final = train_run(config, args.seed, args.data, args.clip_weights, args.out, args.text_features)
+        final = train_run(config, args.seed, args.data, args.clip_weights, args.out, args.text_features,
+                          args.frame_store)
     finally:
         distributed.shutdown()
     log.info("wrote %s", final)
@@ -142,7 +143,7 @@ def cmd_evaluate(args) -> None:
         if args.text_features:
             from sgmn.text.features import TextFeatures
             text_store = TextFeatures.load(args.text_features)
-        scores, metrics, per_query = evaluate_model(model, config, data, text_store)
+        scores, metrics, per_query = evaluate_model(model, config, data, text_store, args.frame_store)
         metrics["provenance"] = provenance(config, state.get("seed"))
         metrics["provenance"]["checkpoint"] = str(args.checkpoint)
         metrics["provenance"]["trained_with"] = state.get("provenance", {}).get("git")
@@ -155,6 +156,14 @@ def cmd_evaluate(args) -> None:
     log.info("R@1 %.2f  R@5 %.2f  R@10 %.2f  R@mean %.2f  (n=%d, misses=%d, chance R@1 %.2f)",
              o["R@1"], o["R@5"], o["R@10"], o["R@mean"], o["n"], metrics["n_misses"],
              metrics["chance"]["R@1"])
+
+
+FRAME_STORE_HELP = "decoded frames of --data (`sgmn frame-store`); default: decode the JPEG files"
+
+
+def cmd_frame_store(args) -> None:
+    from sgmn.data.frame_store import build
+    log.info("wrote %s", build(args.data, args.size, args.out))
 
 
 def cmd_summarize(args) -> None:
@@ -305,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clip-weights", default="none",
                    help="CLIP init: a local state dict, 'openai', or 'none' (random)")
     s.add_argument("--out", required=True, help="run directory (final.pt, train_log.jsonl, params.json)")
-    s.add_argument("--text-features", help="text feature cache (the text_features step); needed when sgmn.te")
+    s.add_argument("--text-features", help="text feature cache (the text_features step); needed when the method's te is on")
+    s.add_argument("--frame-store", help=FRAME_STORE_HELP)
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_train)
 
@@ -317,9 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="metrics JSON")
     s.add_argument("--scores-out", help="where to save the score table (Parquet or CSV)")
     s.add_argument("--per-query-out", help="per-query ranks and hits (for paired tests)")
-    s.add_argument("--text-features", help="text feature cache; needed by a model with sgmn.te")
+    s.add_argument("--text-features", help="text feature cache; needed by a model whose te is on")
+    s.add_argument("--frame-store", help=FRAME_STORE_HELP)
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("frame-store", help="decode every frame and image of an LPR4M root once (uint8, memory-mapped)")
+    s.add_argument("--data", required=True, help="dataset root (LPR4M layout)")
+    s.add_argument("--size", type=int, required=True, help="side in pixels: the model's model.image_size")
+    s.add_argument("--out", required=True, help="store directory (pixels.npy, index.json)")
+    s.set_defaults(func=cmd_frame_store)
 
     s = sub.add_parser("summarize", help="collect run metrics into one CSV (+ Markdown) table")
     s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of the runs")

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sgmn.data import lpr4m, movingfashion
-from sgmn.data.frames import FrameReadError, load_clip_frames, read_image, to_tensor
+from sgmn.data.frames import FrameReadError, load_clip_frames, load_image, read_image
 from sgmn.data.records import Clip, TestSet
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ class ClipPairDataset(Dataset):
     are never used as each other's negatives.
     """
 
-    def __init__(self, clips: list[Clip], num_frames: int, image_size: int, on_bad_frame: str = "error"):
-        self.clips = clips
+    def __init__(self, clips: list[Clip], num_frames: int, image_size: int, on_bad_frame: str = "error",
+                 store=None):
+        self.clips, self.store = clips, store
         self.num_frames, self.image_size, self.on_bad_frame = num_frames, image_size, on_bad_frame
         self.product_ids = sorted({c.image_id for c in clips})
         self.label = {pid: i for i, pid in enumerate(self.product_ids)}
@@ -91,8 +92,9 @@ class ClipPairDataset(Dataset):
         clip = self.clips[i]
         try:
             frames, mask, index = load_clip_frames(clip.frame_paths, clip.video_path, self.num_frames,
-                                                   self.image_size, self.on_bad_frame, self.frame_errors)
-            image = to_tensor(read_image(clip.image_path), self.image_size)
+                                                   self.image_size, self.on_bad_frame, self.frame_errors,
+                                                   self.store)
+            image = load_image(clip.image_path, self.image_size, self.store)
         except FrameReadError as err:
             raise FrameReadError(f"{err} (annotation {clip.source})") from None
         return {"frames": frames, "frame_mask": mask, "image": image, "asr": clip.asr,
@@ -103,8 +105,9 @@ class ClipPairDataset(Dataset):
 class QueryDataset(Dataset):
     """Test clips; an unreadable clip yields ok=False and its error instead of failing the run."""
 
-    def __init__(self, test: TestSet, num_frames: int, image_size: int):
+    def __init__(self, test: TestSet, num_frames: int, image_size: int, store=None):
         self.queries, self.num_frames, self.image_size = test.queries, num_frames, image_size
+        self.store = store
 
     def __len__(self):
         return len(self.queries)
@@ -114,7 +117,7 @@ class QueryDataset(Dataset):
         errors: list[str] = []
         try:
             frames, mask, index = load_clip_frames(q.frame_paths, q.video_path, self.num_frames,
-                                                   self.image_size, "mask", errors)
+                                                   self.image_size, "mask", errors, self.store)
             boxes = clip_boxes(q, index, mask)
             ok, error = True, ""
         except FrameReadError as err:
@@ -129,8 +132,8 @@ class QueryDataset(Dataset):
 class ImageDataset(Dataset):
     """Shop images by id; an unreadable image yields ok=False and its error."""
 
-    def __init__(self, image_paths: dict[str, Path], image_ids: list[str], image_size: int):
-        self.paths, self.ids, self.image_size = image_paths, image_ids, image_size
+    def __init__(self, image_paths: dict[str, Path], image_ids: list[str], image_size: int, store=None):
+        self.paths, self.ids, self.image_size, self.store = image_paths, image_ids, image_size, store
 
     def __len__(self):
         return len(self.ids)
@@ -138,7 +141,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         image_id = self.ids[i]
         try:
-            image, ok, error = to_tensor(read_image(self.paths[image_id]), self.image_size), True, ""
+            image, ok, error = load_image(self.paths[image_id], self.image_size, self.store), True, ""
         except FrameReadError as err:
             image, ok, error = torch.zeros(3, self.image_size, self.image_size), False, str(err)
         return {"image": image, "ok": ok, "error": error, "image_id": image_id}

@@ -28,13 +28,23 @@ def sample_indices(n: int, num: int) -> np.ndarray:
     return np.linspace(0, n - 1, num).round().astype(int)
 
 
+def _resized(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 squashed to (size, size, 3) with PIL's bicubic filter (no-op at size)."""
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def normalise(rgb: np.ndarray) -> torch.Tensor:
+    """(..., S, S, 3) uint8 -> CLIP-normalised (..., 3, S, S) float, in one vectorised op."""
+    # PIL's arrays are read-only: np.require copies those (torch wants writable memory)
+    x = torch.from_numpy(np.require(rgb, np.uint8, ["C", "W"])).movedim(-1, -3).float().div_(255)
+    return (x - CLIP_MEAN) / CLIP_STD
+
+
 def to_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
     """(H, W, 3) uint8 -> normalised (3, size, size) float tensor."""
-    img = Image.fromarray(rgb)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-    return (x - CLIP_MEAN) / CLIP_STD
+    return normalise(_resized(rgb, size))
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -66,11 +76,12 @@ def read_video(path: str | Path, num: int) -> tuple[list[np.ndarray], int]:
 
 
 def load_clip_frames(frame_paths=None, video_path=None, num: int = 8, size: int = 64,
-                     on_bad_frame: str = "error", errors: list[str] | None = None):
+                     on_bad_frame: str = "error", errors: list[str] | None = None, store=None):
     """Read a clip as (frames (L,3,S,S), mask (L,) bool, sampled indices (L,), -1 = padding).
 
     on_bad_frame="mask": an unreadable frame is dropped from the clip (mask False) and its
     error appended to `errors`; a clip with no readable frame raises FrameReadError.
+    store: a FrameStore (sgmn.data.frame_store) of decoded frames; a frame it lacks is decoded.
     """
     frames = torch.zeros(num, 3, size, size)
     mask = torch.zeros(num, dtype=torch.bool)
@@ -78,21 +89,34 @@ def load_clip_frames(frame_paths=None, video_path=None, num: int = 8, size: int 
     if video_path is not None:
         rgb, n = read_video(video_path, num)
         idx = sample_indices(n, num)
-        for t, (i, arr) in enumerate(zip(idx, rgb)):
-            frames[t], mask[t], index[t] = to_tensor(arr, size), True, int(i)
+        k = len(idx)
+        frames[:k] = normalise(np.stack([_resized(a, size) for a in rgb]))
+        mask[:k], index[:k] = True, torch.from_numpy(idx)
         return frames, mask, index
     idx = sample_indices(len(frame_paths), num)
+    slots, pixels = [], []
     for t, i in enumerate(idx):
+        rgb = store.get(frame_paths[i], size) if store is not None else None
         try:
-            frames[t] = to_tensor(read_image(frame_paths[i]), size)
+            pixels.append(rgb if rgb is not None else _resized(read_image(frame_paths[i]), size))
         except FrameReadError as err:
             if on_bad_frame == "error":
                 raise
             if errors is not None:
                 errors.append(str(err))
             continue
-        mask[t], index[t] = True, int(i)
-    if not mask.any():
+        slots.append(t)
+        index[t] = int(i)
+    if not slots:
         raise FrameReadError(f"no readable frame among {len(frame_paths)} frames"
                              + (f" (first: {frame_paths[0]})" if frame_paths else ""))
+    slots = torch.tensor(slots)
+    frames[slots], mask[slots] = normalise(np.stack(pixels)), True
     return frames, mask, index
+
+
+def load_image(path: str | Path, size: int, store=None) -> torch.Tensor:
+    """A shop image (or one frame) as a normalised (3, size, size) tensor, from the store if
+    it holds the file at this size, else decoded."""
+    rgb = store.get(path, size) if store is not None else None
+    return normalise(rgb if rgb is not None else _resized(read_image(path), size))

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from sgmn.data.frame_store import open_store
 from sgmn.data.datasets import ImageDataset, QueryDataset, collate, read_split
 from sgmn.data.lpr4m import normalise_boxes
 from sgmn.data.records import AnnotationError, TestSet
@@ -74,9 +75,10 @@ def _kept(batch: dict, ok: torch.Tensor, device) -> dict:
 
 
 @torch.no_grad()
-def encode_gallery(model, test: TestSet, image_size: int, batch_size: int, device, text_store=None):
+def encode_gallery(model, test: TestSet, image_size: int, batch_size: int, device, text_store=None,
+                   store=None):
     ids = sorted({i for ids in test.gallery.values() for i in ids})
-    loader = DataLoader(ImageDataset(test.image_paths, ids, image_size), batch_size=batch_size,
+    loader = DataLoader(ImageDataset(test.image_paths, ids, image_size, store), batch_size=batch_size,
                         collate_fn=collate)
     feats, kept, errors = [], [], {}
     for batch in _progress(loader, "gallery"):
@@ -96,8 +98,8 @@ def encode_gallery(model, test: TestSet, image_size: int, batch_size: int, devic
 
 @torch.no_grad()
 def encode_queries(model, test: TestSet, num_frames: int, image_size: int, batch_size: int, device,
-                   text_store=None):
-    loader = DataLoader(QueryDataset(test, num_frames, image_size), batch_size=batch_size,
+                   text_store=None, store=None):
+    loader = DataLoader(QueryDataset(test, num_frames, image_size, store), batch_size=batch_size,
                         collate_fn=collate)
     feats, kept, unreadable, frame_errors = [], [], {}, []
     for batch in _progress(loader, "queries"):
@@ -137,18 +139,21 @@ def score_table(test: TestSet, query_ids, query_emb, image_ids, image_emb, score
     return pd.concat(frames, ignore_index=True)
 
 
-def evaluate_model(model, config: dict, data_dir: str | Path, text_store=None):
+def evaluate_model(model, config: dict, data_dir: str | Path, text_store=None, frame_store=None):
     """Encode and score the test split; returns (scores, metrics, per-query table).
 
     A model with a text branch scores with Eq. 23 and needs the text feature cache (text_store).
+    frame_store: a directory built by `sgmn frame-store` for this data (decoded frames), or None.
     """
     test = read_split(data_dir, config["dataset"]["format"], "test")
+    store = open_store(frame_store, data_dir)
     device = next(model.parameters()).device
     model.eval()
     m, bs = config["model"], config["evaluate"]["batch_size"]
-    image_ids, image_emb, gallery_errors = encode_gallery(model, test, m["image_size"], bs, device, text_store)
+    image_ids, image_emb, gallery_errors = encode_gallery(model, test, m["image_size"], bs, device, text_store,
+                                                           store)
     query_ids, query_emb, unreadable, frame_errors = encode_queries(
-        model, test, m["num_frames"], m["image_size"], bs, device, text_store)
+        model, test, m["num_frames"], m["image_size"], bs, device, text_store, store)
     scores = score_table(test, query_ids, query_emb, image_ids, image_emb, model.score)
     metrics, per_query = metrics_from_scores(test, scores, unreadable)
     metrics["gallery_errors"] = gallery_errors

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from sgmn.data.frame_store import open_store
 from sgmn.data.datasets import ClipPairDataset, collate, frame_masking, read_split
 from sgmn.config import uses_text
 from sgmn.io import atomic_save, provenance, write_json
@@ -31,8 +32,10 @@ def add_text_features(batch: dict, store: TextFeatures | None, device) -> dict:
 
 
 def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str | None,
-              out_dir: str | Path, text_features: str | Path | None = None) -> Path:
-    """Train one (variant, seed) run; returns the path of final.pt."""
+              out_dir: str | Path, text_features: str | Path | None = None,
+              frame_store: str | Path | None = None) -> Path:
+    """Train one (variant, seed) run; returns the path of final.pt. frame_store: decoded frames
+    of data_dir (`sgmn frame-store`), or None to decode the files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tcfg, dcfg = config["train"], config["dataset"]
@@ -48,7 +51,7 @@ def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str |
     skipped: list[str] = []
     clips = read_split(data_dir, dcfg["format"], "train", dcfg["on_bad_line"], skipped)
     dataset = ClipPairDataset(clips, config["model"]["num_frames"], config["model"]["image_size"],
-                              dcfg["on_bad_frame"])
+                              dcfg["on_bad_frame"], open_store(frame_store, data_dir))
     log.info("training on %d clips of %d products (%d bad lines skipped)", len(dataset),
              len(dataset.product_ids), len(skipped))
 

@@ -99,6 +99,28 @@ def get_text_input(wildcards):
     return f"results/{DATASET}/text" if uses_text(RESOLVED[wildcards.variant]) else []
 
 
+def frame_store_on(cfg=None):
+    """dataset.frame_store, null resolved: on for generated LPR4M-layout data, off for a real root."""
+    d = (cfg or config)["dataset"]
+    on = d.get("frame_store")
+    return (d["path"] is None if on is None else on) and d["format"] == "lpr4m"
+
+
+def frame_store_inputs(base, run_config):
+    """[the store under `base` at a run's input size] (rule frame_store), or [] without one."""
+    return [f"{base}/frames_{run_config['model']['image_size']}"] if frame_store_on() else []
+
+
+def get_frame_store(wildcards):
+    """The variant's frame store as an input (a list, empty without one)."""
+    return frame_store_inputs(f"results/{DATASET}", RESOLVED[wildcards.variant])
+
+
+def get_frame_store_arg(wildcards):
+    store = get_frame_store(wildcards)
+    return f"--frame-store {store[0]}" if store else ""
+
+
 def get_text_arg(wildcards):
     return f"--text-features results/{DATASET}/text" if uses_text(RESOLVED[wildcards.variant]) else ""
 

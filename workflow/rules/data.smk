@@ -23,6 +23,26 @@ rule synth:
         " {params.knobs} --out {output} > {log} 2>&1"
 
 
+rule frame_store:
+    input:
+        get_data_dir,
+    output:
+        directory("results/{ds}/frames_{size}"),
+    wildcard_constraints:
+        size=r"\d+",
+    log:
+        "logs/frame_store/{ds}/{size}.log",
+    benchmark:
+        "benchmarks/frame_store/{ds}/{size}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/sgmn.yaml"
+    shell:
+        "sgmn frame-store --data {input} --size {wildcards.size} --out {output} > {log} 2>&1"
+
+
 rule resolve_config:
     output:
         "results/{ds}/configs/{variant}.json",

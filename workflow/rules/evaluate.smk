@@ -8,6 +8,7 @@ rule evaluate:
         # the config too, so that a config change reaches the metrics even when final.pt is gone
         config="results/{ds}/configs/{variant}.json",
         text=get_text_input,
+        frames=get_frame_store,
     output:
         metrics="results/{ds}/runs/{variant}/seed{seed}/metrics.json",
         scores="results/{ds}/runs/{variant}/seed{seed}/scores.parquet",
@@ -18,6 +19,7 @@ rule evaluate:
         "benchmarks/evaluate/{ds}/{variant}/seed{seed}.tsv"
     params:
         text=get_text_arg,
+        frames=get_frame_store_arg,
     threads: get_train_threads
     resources:
         mem_mb=4000,
@@ -26,8 +28,8 @@ rule evaluate:
         "../envs/sgmn.yaml"
     shell:
         "sgmn evaluate --data {input.data} --checkpoint {input.checkpoint} --out {output.metrics}"
-        " --scores-out {output.scores} --per-query-out {output.per_query} {params.text} --threads {threads}"
-        " > {log} 2>&1"
+        " --scores-out {output.scores} --per-query-out {output.per_query} {params.text} {params.frames}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule summarize:

@@ -66,6 +66,15 @@ def get_probe_text_arg(wildcards):
     return f"--text-features {text}" if text else ""
 
 
+def get_probe_frame_store(wildcards):
+    return frame_store_inputs(f"{PROBE_ROOT}/{wildcards.probe}/{wildcards.point}", _probe_model(wildcards))
+
+
+def get_probe_frame_store_arg(wildcards):
+    store = get_probe_frame_store(wildcards)
+    return f"--frame-store {store[0]}" if store else ""
+
+
 def get_probe_threads(wildcards):
     return _probe_model(wildcards)["train"]["threads"]
 
@@ -124,6 +133,26 @@ rule probe_synth:
         " {params.knobs} --out {output} > {log} 2>&1"
 
 
+rule probe_frame_store:
+    input:
+        "results/{ds}/probes/{probe}/{point}/data",
+    output:
+        directory("results/{ds}/probes/{probe}/{point}/frames_{size}"),
+    wildcard_constraints:
+        size=r"\d+",
+    log:
+        "logs/probe_frame_store/{ds}/{probe}/{point}/{size}.log",
+    benchmark:
+        "benchmarks/probe_frame_store/{ds}/{probe}/{point}/{size}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/sgmn.yaml"
+    shell:
+        "sgmn frame-store --data {input} --size {wildcards.size} --out {output} > {log} 2>&1"
+
+
 rule probe_resolve_config:
     output:
         "results/{ds}/probes/{probe}/configs/{arm}.json",
@@ -173,12 +202,14 @@ rule probe_train:
         data="results/{ds}/probes/{probe}/{point}/data",
         clip=get_probe_clip_input,
         text=get_probe_text_input,
+        frames=get_probe_frame_store,
     output:
         # ckpt/latest.pt stays undeclared: Snakemake must not delete it when a job fails
         "results/{ds}/probes/{probe}/{point}/runs/{arm}/seed{seed}/final.pt",
     params:
         clip=get_probe_clip_arg,
         text=get_probe_text_arg,
+        frames=get_probe_frame_store_arg,
     log:
         "logs/probe_train/{ds}/{probe}/{point}/{arm}/seed{seed}.log",
     benchmark:
@@ -191,7 +222,8 @@ rule probe_train:
         "../envs/sgmn.yaml"
     shell:
         "sgmn train --config {input.config} --seed {wildcards.seed} --data {input.data}"
-        " --clip-weights {params.clip} --out $(dirname {output}) {params.text} --threads {threads} > {log} 2>&1"
+        " --clip-weights {params.clip} --out $(dirname {output}) {params.text} {params.frames}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule probe_evaluate:
@@ -200,12 +232,14 @@ rule probe_evaluate:
         data="results/{ds}/probes/{probe}/{point}/data",
         config="results/{ds}/probes/{probe}/configs/{arm}.json",
         text=get_probe_text_input,
+        frames=get_probe_frame_store,
     output:
         metrics="results/{ds}/probes/{probe}/{point}/runs/{arm}/seed{seed}/metrics.json",
         scores="results/{ds}/probes/{probe}/{point}/runs/{arm}/seed{seed}/scores.parquet",
         per_query="results/{ds}/probes/{probe}/{point}/runs/{arm}/seed{seed}/per_query.parquet",
     params:
         text=get_probe_text_arg,
+        frames=get_probe_frame_store_arg,
     log:
         "logs/probe_evaluate/{ds}/{probe}/{point}/{arm}/seed{seed}.log",
     benchmark:
@@ -218,8 +252,8 @@ rule probe_evaluate:
         "../envs/sgmn.yaml"
     shell:
         "sgmn evaluate --data {input.data} --checkpoint {input.checkpoint} --out {output.metrics}"
-        " --scores-out {output.scores} --per-query-out {output.per_query} {params.text} --threads {threads}"
-        " > {log} 2>&1"
+        " --scores-out {output.scores} --per-query-out {output.per_query} {params.text} {params.frames}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule probe_table:

@@ -24,6 +24,7 @@ rule train:
         data=get_data_dir,
         clip=get_clip_weights_input,
         text=get_text_input,
+        frames=get_frame_store,
     output:
         # ckpt/latest.pt stays undeclared: Snakemake must not delete it when a job fails
         "results/{ds}/runs/{variant}/seed{seed}/final.pt",
@@ -31,6 +32,7 @@ rule train:
         clip=get_clip_weights_arg,
         launcher=get_train_launcher,
         text=get_text_arg,
+        frames=get_frame_store_arg,
     log:
         "logs/train/{ds}/{variant}/seed{seed}.log",
     benchmark:
@@ -44,4 +46,5 @@ rule train:
         "../envs/sgmn.yaml"
     shell:
         "{params.launcher} train --config {input.config} --seed {wildcards.seed} --data {input.data}"
-        " --clip-weights {params.clip} --out $(dirname {output}) {params.text} --threads {threads} > {log} 2>&1"
+        " --clip-weights {params.clip} --out $(dirname {output}) {params.text} {params.frames}"
+        " --threads {threads} > {log} 2>&1"
