@@ -69,7 +69,7 @@ class RICEConfig:
 
 def icl_loss(video: torch.Tensor, image: torch.Tensor, labels: torch.Tensor,
              scale: torch.Tensor) -> torch.Tensor:
-    """ICL (paper Sec. 3.2; official base_task.py:43-60): symmetric InfoNCE over the (N, N)
+    """ICL (official base_task.py:43-60 with ContrastiveLoss): symmetric InfoNCE over the (N, N)
     logits (scale * v) . (scale * i), row n's positive being pair n (temperature 1/scale^2).
 
     Other rows of the same product are masked out of both softmax denominators rather than
@@ -151,12 +151,14 @@ class CrossAttentionDecoder(nn.Module):
         if dim % heads:
             raise ValueError(f"rice.pmd_heads={heads} does not divide the encoder width {dim}")
         self.heads, self.head_dim = heads, dim // heads
-        self.norm_q, self.norm_kv, self.norm_out = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm_q, self.norm_kv, self.norm_out = (nn.LayerNorm(dim) for _ in range(3))
         # no key bias: q . b is the same for every key, so softmax cancels it (its gradient is 0)
-        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim, bias=False), nn.Linear(dim, dim)
+        self.q, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim, bias=False)
         self.out = nn.Linear(dim, dim)
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:                    # (..., T, D) -> (..., H, T, dh)
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., T, D) -> (..., H, T, dh)"""
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(-3, -2)
 
     def forward(self, image_tokens: torch.Tensor, video_tokens: torch.Tensor, key_mask: torch.Tensor,
@@ -197,7 +199,7 @@ class RICE(RetrievalMethod):
         self.icl_scale = nn.Parameter(torch.tensor(float(cfg.icl_scale_init)))
         self.filters = nn.ModuleDict()
         if cfg.te:                        # one filter per text, as SGMN's (Eq. 4)
-            self.filters.update({"asr": nn.Linear(text_dim, text_dim), "title": nn.Linear(text_dim, text_dim)})
+            self.filters.update({k: nn.Linear(text_dim, text_dim) for k in ("asr", "title")})
         # PMD / PFR only shape training; with both weights 0 they are not built (the same model).
         # When built, both terms are always computed (a 0 weight gives zero gradients), so every
         # parameter takes part in every step (DistributedDataParallel without unused parameters).
@@ -212,7 +214,7 @@ class RICE(RetrievalMethod):
         visual.output_tokens = self.decoder is not None
 
     @classmethod
-    def from_config(cls, config: dict, clip: nn.Module, text_dim: int | None = None) -> "RICE":
+    def from_config(cls, config: dict, clip: nn.Module, text_dim: int | None = None) -> RICE:
         """RICE of a validated run config (section `rice`), on `clip.visual`."""
         cfg = RICEConfig(**config["rice"])
         if cfg.te and text_dim is None:
@@ -300,15 +302,16 @@ class RICE(RetrievalMethod):
         return self._with_text(self._encode_image(batch["image"])[0], batch, "title")
 
     # ---- training ----
-    def match_logits(self, image_tokens: torch.Tensor, video_tokens: torch.Tensor, key_mask: torch.Tensor,
-                     sim: torch.Tensor, labels: torch.Tensor):
+    def match_logits(self, image_tokens: torch.Tensor, video_tokens: torch.Tensor,
+                     key_mask: torch.Tensor, sim: torch.Tensor, labels: torch.Tensor):
         """PMD: each image against its own clip (column 0) and its hard negatives, mined from the
         detached image x clip similarity `sim` (N, N). -> logits (N, 1 + hard_negatives),
         valid (N, hard_negatives), attention maps (N, C, H, P, K)."""
         neg, valid = mine_hard_negatives(sim, labels, self.cfg.hard_negatives)
         own = torch.arange(len(labels), device=neg.device).unsqueeze(1)
         pooled, attn = self.decoder(image_tokens, video_tokens, key_mask, torch.cat([own, neg], 1))
-        logits = self.cfg.pmd_scale * F.normalize(pooled, dim=-1) @ F.normalize(self.match_vector, dim=0)
+        direction = F.normalize(self.match_vector, dim=0)
+        logits = self.cfg.pmd_scale * F.normalize(pooled, dim=-1) @ direction
         return logits, valid, attn
 
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -326,5 +329,6 @@ class RICE(RetrievalMethod):
         vid_tok, vid_mask, img_tok = gather(vid_tok), gather(vid_mask), gather(img_tok)
         logits, valid, attn = self.match_logits(img_tok, vid_tok, vid_mask, (i @ v.T).detach(), labels)
         out["pmd_loss"] = self.cfg.pmd_weight * pmd_loss(logits, valid)
-        out["pfr_loss"] = self.cfg.pfr_weight * pfr_loss(attn[:, 0], self.pfr_head, vid_tok, img_tok, vid_mask)
+        pfr = pfr_loss(attn[:, 0], self.pfr_head, vid_tok, img_tok, vid_mask)    # positive pairs
+        out["pfr_loss"] = self.cfg.pfr_weight * pfr
         return out

@@ -63,7 +63,8 @@ def test_forward_backward_gradients_and_decoder_is_training_only():
     for name, p in m.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
-    head_params = [n for n, _ in m.named_parameters() if n.startswith(("decoder.", "pfr_head.", "match_vector"))]
+    heads = ("decoder.", "pfr_head.", "match_vector")
+    head_params = [n for n, _ in m.named_parameters() if n.startswith(heads)]
     assert len(head_params) >= 10
 
     m.eval()
@@ -151,7 +152,8 @@ def test_box_variant_crops_and_selects_frames():
         cropped = boxed.encode_clip({"frames": frame, "frame_mask": ones[:, :1],
                                      "target_box": torch.tensor([[[0.0, 0.0, 0.5, 0.5]]]),
                                      "target_present": ones[:, :1]})
-        flat = plain.encode_clip({"frames": colour.expand(1, 1, 3, S, S).clone(), "frame_mask": ones[:, :1]})
+        flat = plain.encode_clip({"frames": colour.expand(1, 1, 3, S, S).clone(),
+                                  "frame_mask": ones[:, :1]})
         assert torch.allclose(cropped, flat, atol=1e-4)
 
 

@@ -13,6 +13,7 @@ from sgmn.evaluate.tables import (
     direction,
     paired_test,
     seed_ci,
+    to_markdown,
     write_tables,
 )
 
@@ -155,7 +156,7 @@ def _row(df, row_id):
 
 def test_build_tables_measured_published_and_deltas(runs):
     tables = build_tables(runs, VARIANTS, SEEDS)
-    assert set(tables) == {"table1", "table5", "table6", "table7", "paired_tests"}
+    assert set(tables) == {"table1", "table4", "table5", "table6", "table7", "paired_tests"}
     t7 = tables["table7"]
     assert list(t7["row_id"]) == ["A", "B", "C", "D", "E"]
     a = _row(t7, "A")
@@ -250,7 +251,7 @@ def test_write_tables_and_cli(tmp_path, runs):
 
     out = tmp_path / "tables"
     write_tables(build_tables(runs, VARIANTS, SEEDS), out)
-    assert {p.name for p in out.iterdir()} == {"table1.csv", "table5.csv", "table6.csv", "table7.csv",
+    assert {p.name for p in out.iterdir()} == {"table1.csv", "table4.csv", "table5.csv", "table6.csv", "table7.csv",
                                                "paired_tests.csv", "tables.md"}
     md = (out / "tables.md").read_text()
     assert "LPR-Synth numbers, not LPR4M" in md and "orderings" in md
@@ -278,3 +279,43 @@ def test_write_tables_and_cli(tmp_path, runs):
     # an unknown variant is a config error (exit 2)
     bad = json.dumps({"seeds": [0], "variants": ["no_such_variant"]})
     assert main(["tables", "--runs", str(runs), "--config-json", bad, "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_table4_by_subset_with_paired_tests_on_each_subsets_queries(tmp_path):
+    """Queries 0-4 are small-scale, 5-9 large; SGMN hits 0-7, RICE_box 0-2 and 5-6 (both seeds)."""
+    scale = np.array(["small"] * 5 + ["large"] * 5)
+    variants = {"sgmn": {"paper": [{"table": 4, "row": "sgmn"}]},
+                "rice_box": {"paper": [{"table": 4, "row": "rice_box"}]}}
+    hits = {"sgmn": range(0, 8), "rice_box": [0, 1, 2, 5, 6]}
+    for variant, idx in hits.items():
+        for seed in (0, 1):
+            d = tmp_path / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            table = per_query(idx).assign(scale=scale)
+            table.to_parquet(d / "per_query.parquet", index=False)
+            hit = table["hit@1"].to_numpy()
+            block = lambda m: {"R@1": 100.0 * hit[m].mean(), "n": int(m.sum())}  # noqa: E731
+            metrics = {"overall": {"R@1": 100.0 * hit.mean(), "R@5": 0.0, "R@10": 0.0, "n": N_Q},
+                       "subsets": {"scale": {"small": block(scale == "small"), "large": block(scale == "large"),
+                                             "medium": {"R@1": None, "n": 0}}}}
+            (d / "metrics.json").write_text(json.dumps(metrics))
+    tables = build_tables(tmp_path, variants, {"sgmn": [0, 1], "rice_box": [0, 1]})
+    t4 = tables["table4"].set_index(["row_id", "subset"])
+    assert t4.loc[("sgmn", "scale/small"), "R@1"] == pytest.approx(100.0)
+    assert t4.loc[("sgmn", "scale/large"), "R@1"] == pytest.approx(60.0)
+    assert t4.loc[("rice_box", "scale/small"), "R@1"] == pytest.approx(60.0)
+    assert t4.loc[("rice_box", "overall"), "R@1"] == pytest.approx(50.0)
+    assert t4.loc[("rice_box", "scale/small"), "n_queries"] == 5
+    assert t4.loc[("sgmn", "scale/small"), "R@1_paper"] == pytest.approx(38.3)   # published
+    assert math.isnan(t4.loc[("sgmn", "scale/medium"), "R@1"])                  # no such queries
+    assert pd.isna(t4.loc[("rice_patch", "overall"), "variant"])                 # not run: listed
+    tests = tables["paired_tests"]
+    tests = tests[tests["table"] == 4].set_index("subset")
+    # every query is duration/short and count/few (per_query's constants); no scale/medium query
+    assert set(tests.index) == {"overall", "scale/small", "scale/large", "duration/short", "count/few"}
+    assert tests.loc["scale/small", "diff"] == pytest.approx(40.0)               # 100 - 60
+    assert tests.loc["scale/small", "n_pairs"] == 10                             # 5 queries x 2 seeds
+    assert tests.loc["overall", "diff"] == pytest.approx(30.0)
+    assert tests.loc["scale/small", "paper_diff"] == pytest.approx(38.3 - 32.7)
+    md = to_markdown(tables)
+    assert "## Table 4" in md and "scale/small" in md

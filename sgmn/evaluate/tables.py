@@ -49,7 +49,9 @@ PAIRED: dict[int, list[tuple[str, str]]] = {
 }
 N_BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
-PAIRED_COLUMNS = ["table", "comparison", "variant_a", "variant_b", "seeds", "n_pairs", "R@1_a", "R@1_b",
+# Table 4: R@1 by subset; SGMN against RICE_box on each subset's queries (the issue's test)
+TABLE4_PAIRED: list[tuple[str, str]] = [("sgmn", "rice_box")]
+PAIRED_COLUMNS = ["table", "comparison", "subset", "variant_a", "variant_b", "seeds", "n_pairs", "R@1_a", "R@1_b",
                   "diff", "ci_low", "ci_high", "p_mcnemar", "n_a_only", "n_b_only", "per_seed_diff",
                   "seed_sd", "paper_diff", "direction"]
 CI_METHOD = "two-level bootstrap: seeds, then queries within seed"
@@ -208,6 +210,25 @@ def _overall(runs_dir: Path, variant: str, seeds: list[int]) -> dict[int, dict]:
     return out
 
 
+def _metrics(runs_dir: Path, variant: str, seeds: list[int]) -> dict[int, dict]:
+    """seed -> the whole metrics.json of the runs that exist."""
+    out = {}
+    for s in seeds:
+        path = _run_dir(runs_dir, variant, s) / "metrics.json"
+        if path.exists():
+            out[s] = json.loads(path.read_text())
+    return out
+
+
+def _subset_r1(metrics: dict, subset: str) -> float:
+    """R@1 of one subset ("overall" or "scale/small") in a metrics.json (NaN when empty)."""
+    if subset == "overall":
+        return metrics["overall"]["R@1"]
+    name, label = subset.split("/")
+    value = metrics.get("subsets", {}).get(name, {}).get(label, {}).get("R@1")
+    return math.nan if value is None else value
+
+
 def _per_query(runs_dir: Path, variant: str, seeds: list[int]) -> dict[int, pd.DataFrame]:
     out = {}
     for s in seeds:
@@ -307,17 +328,83 @@ def build_tables(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable |
             res = paired_test(_per_query(runs_dir, va, common), _per_query(runs_dir, vb, common), k=1)
             if res["n_pairs"] == 0:
                 continue
-            tests.append({"table": n, "comparison": f"{x} vs {y}", "variant_a": va, "variant_b": vb,
-                          "seeds": ",".join(str(s) for s in res["seeds"]), "n_pairs": res["n_pairs"],
-                          "R@1_a": res["R@1_a"], "R@1_b": res["R@1_b"], "diff": res["diff"],
-                          "ci_low": res["ci_low"], "ci_high": res["ci_high"], "p_mcnemar": res["p_mcnemar"],
-                          "n_a_only": res["n_a_only"], "n_b_only": res["n_b_only"],
-                          "per_seed_diff": json.dumps({str(s): round(d, 4) for s, d in res["per_seed_diff"].items()}),
-                          "seed_sd": res["seed_sd"]})
-            tests[-1]["paper_diff"] = float(published.get(x, math.nan) - published.get(y, math.nan))
-            tests[-1]["direction"] = direction(res["diff"], res["ci_low"], res["ci_high"], tests[-1]["paper_diff"])
-    out["paired_tests"] = pd.DataFrame(tests, columns=PAIRED_COLUMNS)
+            paper_diff = float(published.get(x, math.nan) - published.get(y, math.nan))
+            tests.append(_test_record(n, f"{x} vs {y}", "overall", va, vb, res, paper_diff))
+    out["table4"], table4_tests = build_table4(runs_dir, variants, seeds_of, paper_dir)
+    out["paired_tests"] = pd.DataFrame(tests + table4_tests, columns=PAIRED_COLUMNS)
     return out
+
+
+def _test_record(n: int, comparison: str, subset: str, va: str, vb: str, res: dict, paper_diff: float) -> dict:
+    """One row of paired_tests from a paired_test result (first = vb, second = va)."""
+    return {"table": n, "comparison": comparison, "subset": subset, "variant_a": va, "variant_b": vb,
+            "seeds": ",".join(str(s) for s in res["seeds"]), "n_pairs": res["n_pairs"],
+            "R@1_a": res["R@1_a"], "R@1_b": res["R@1_b"], "diff": res["diff"],
+            "ci_low": res["ci_low"], "ci_high": res["ci_high"], "p_mcnemar": res["p_mcnemar"],
+            "n_a_only": res["n_a_only"], "n_b_only": res["n_b_only"],
+            "per_seed_diff": json.dumps({str(s): round(d, 4) for s, d in res["per_seed_diff"].items()}),
+            "seed_sd": res["seed_sd"], "paper_diff": paper_diff,
+            "direction": direction(res["diff"], res["ci_low"], res["ci_high"], paper_diff)}
+
+
+TABLE4_COLUMNS = ["table", "row_id", "method", "variant", "subset", "n_seeds", "seeds", "n_queries",
+                  "R@1", "R@1_ci", "R@1_paper", "R@1_delta"]
+
+
+def build_table4(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable | Mapping,
+                 paper_dir=None) -> tuple[pd.DataFrame, list[dict]]:
+    """Table 4 (R@1 by product scale, visible duration and product count; RICE_patch, RICE_box,
+    SGMN) in long form, one row per (published row, subset), and the paired tests of
+    TABLE4_PAIRED on each subset's queries. Subset labels come from the test boxes
+    (sgmn.data.subsets, LPR4M's thresholds)."""
+    runs_dir = Path(runs_dir)
+    pub = load_table(4, paper_dir)
+    pub = pub[(pub["dataset"] == "lpr4m") & (pub["metric"] == "R@1")]
+    by_row = reproducers(variants, 4)
+    rows, chosen, cache = [], {}, {}
+    for p in pub.to_dict("records"):
+        for vid in by_row.get(p["row_id"]) or [None]:
+            runs = {}
+            if vid is not None:
+                runs = cache.setdefault(vid, _metrics(runs_dir, vid, _seeds(seeds_of, vid)))
+                if runs:
+                    chosen.setdefault(p["row_id"], vid)
+            values = [_subset_r1(m, p["subset"]) for m in runs.values()]
+            values = [v for v in values if not math.isnan(v)]
+            mean, half = seed_ci(values) if values else (math.nan, math.nan)
+            n_q = [(m["overall"] if p["subset"] == "overall" else
+                    m.get("subsets", {}).get(p["subset"].split("/")[0], {}).get(p["subset"].split("/")[-1], {})
+                    ).get("n") for m in runs.values()]
+            rows.append({"table": 4, "row_id": p["row_id"], "method": p["method"], "variant": vid,
+                         "subset": p["subset"], "n_seeds": len(values),
+                         "seeds": ",".join(str(s) for s in sorted(runs)),
+                         "n_queries": n_q[0] if n_q else None, "R@1": mean, "R@1_ci": half,
+                         "R@1_paper": p["value"], "R@1_delta": mean - p["value"]})
+    table = pd.DataFrame(rows, columns=TABLE4_COLUMNS)
+    tests = []
+    published = table.drop_duplicates(["row_id", "subset"]).set_index(["row_id", "subset"])["R@1_paper"]
+    for x, y in TABLE4_PAIRED:
+        vb, va = chosen.get(x), chosen.get(y)
+        if va is None or vb is None:
+            log.info("table 4: no paired test %s vs %s (a row has no runs)", x, y)
+            continue
+        common = sorted(set(cache[va]) & set(cache[vb]))
+        qa, qb = _per_query(runs_dir, va, common), _per_query(runs_dir, vb, common)
+        for subset in table["subset"].drop_duplicates():
+            if subset == "overall":
+                sa, sb = qa, qb
+            else:
+                name, label = subset.split("/")
+                if not all(name in t.columns for t in (*qa.values(), *qb.values())):
+                    continue
+                sa = {k: t[t[name] == label] for k, t in qa.items()}
+                sb = {k: t[t[name] == label] for k, t in qb.items()}
+            res = paired_test(sa, sb, k=1)
+            if res["n_pairs"] == 0:
+                continue
+            paper_diff = float(published.get((x, subset), math.nan) - published.get((y, subset), math.nan))
+            tests.append(_test_record(4, f"{x} vs {y}", subset, va, vb, res, paper_diff))
+    return table, tests
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,6 +443,24 @@ def header(dataset: str = "LPR-Synth", synthetic: bool = True) -> str:
     return f"Measured on {dataset}; the paper's numbers are on LPR4M."
 
 
+def table4_markdown(df: pd.DataFrame) -> list[str]:
+    """Table 4 as rows x subsets: measured mean ± CI over seeds, the published value below."""
+    if df.empty:
+        return ["## Table 4", "", "No published rows.", ""]
+    order = list(dict.fromkeys(df["subset"]))
+    cells = {(r["row_id"], r["subset"]): f"{_pm(r['R@1'], r['R@1_ci'])} ({_num(r['R@1_paper'])})"
+             for r in df.to_dict("records")}
+    shown = pd.DataFrame([{"row": row, "variant": g["variant"].fillna("–").iloc[0],
+                           "n_seeds": str(g["n_seeds"].max()),
+                           **{sub: cells.get((row, sub), "–") for sub in order}}
+                          for row, g in df.groupby("row_id", sort=False)])
+    sizes = df.dropna(subset=["n_queries"]).drop_duplicates("subset").set_index("subset")["n_queries"]
+    queries = ", ".join(f"{sub} {int(sizes[sub])}" for sub in order if sub in sizes)
+    return ["## Table 4", "", "R@1 by subset: measured mean ± 95% CI over seeds (published value "
+            f"in brackets). Queries per subset: {queries or '–'}.", "",
+            shown.to_markdown(index=False, disable_numparse=True), ""]
+
+
 def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", synthetic: bool = True) -> str:
     lines = ["# SGMN tables regenerated from the runs", "", header(dataset, synthetic), "",
              "Measured: mean ± 95% t-interval half-width over seeds (no ± with one seed); "
@@ -363,6 +468,9 @@ def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", 
     for key in sorted((k for k in tables if k.startswith("table")), key=lambda k: int(k[5:])):
         df = tables[key]
         n = int(key[5:])
+        if n == 4:
+            lines += table4_markdown(df)
+            continue
         switches = list(SWITCH_COLUMNS.get(("sgmn", n), {}))
         shown = pd.DataFrame({"row": df["row_id"], "variant": df["variant"].fillna("–")})
         for c in switches:
@@ -389,6 +497,7 @@ def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", 
     else:
         shown = pd.DataFrame({
             "table": tests["table"].astype(str), "comparison": tests["comparison"],
+            "subset": tests["subset"],
             "variants": tests["variant_b"] + " vs " + tests["variant_a"], "seeds": tests["seeds"],
             "pairs": tests["n_pairs"].astype(str),
             "R@1 first": tests["R@1_b"].map(_num), "R@1 second": tests["R@1_a"].map(_num),

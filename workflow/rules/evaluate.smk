@@ -61,7 +61,7 @@ rule tables:
     input:
         metrics=get_run_metrics,
         per_query=get_run_per_query,
-        paper=expand(os.path.join(PAPER_DIR, "table{n}.csv"), n=(1, 5, 6, 7)),
+        paper=expand(os.path.join(PAPER_DIR, "table{n}.csv"), n=(1, 4, 5, 6, 7)),
     output:
         directory("results/{ds}/tables"),
     params:
