@@ -19,16 +19,14 @@ This is a measurement, not a test: nothing here asserts a time.
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import platform
 import resource
 import statistics
 import time
-from pathlib import Path
 
 from sgmn.config import VARIANTS_PATH, load_layered, resolve_variant
-from sgmn.io import provenance, write_json
+from sgmn.io import provenance
 
 # scale -> (config applied on top of default.yaml, batch, frames): the issue's two shapes
 SCALES: dict[str, tuple[str | None, int | None, int | None]] = {
@@ -186,29 +184,3 @@ def bench_scale(scale: str, device: str = "auto", steps: int = 5, repeats: int =
             "peak_memory": round(full["peak_memory_mb"] / gra["peak_memory_mb"], 3),
         }
     return out
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--scale", action="append", choices=sorted(SCALES),
-                   help="tiny (the CPU default) and/or vitb32 (ViT-B/32, batch 8, 10 frames); both by default")
-    p.add_argument("--variant", action="append", help=f"variants.yaml rows (default {' '.join(VARIANTS)})")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
-    p.add_argument("--repeats", type=int, default=20, help="timed inference repeats")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--out", default="results/bench", help="directory of the JSON files")
-
-
-def run_from_args(args) -> int:
-    out_dir = Path(args.out)
-    for scale in args.scale or list(SCALES):
-        result = bench_scale(scale, args.device, args.steps, args.repeats, args.threads,
-                             tuple(args.variant or VARIANTS))
-        device = next(iter(result["cases"].values()))["device"].split(":")[0]
-        path = out_dir / f"sgmn_{scale}_{device}.json"
-        write_json(result, path)
-        print(json.dumps({"file": str(path), **{v: {k: c[k] for k in ("train_step_ms", "peak_memory_mb",
-                                                                           "query_clip_ms")}
-                                                  for v, c in result["cases"].items()},
-                          "sgmn_over_gra": result.get("sgmn_over_gra")}, indent=1))
-    return 0

@@ -269,6 +269,46 @@ def cmd_probes(args) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_bench(args) -> None:
+    from sgmn.bench import SCALES, VARIANTS as BENCH_VARIANTS, bench_scale
+    from sgmn.io import write_json
+    for scale in args.scale or list(SCALES):
+        result = bench_scale(scale, args.device, args.steps, args.repeats, args.threads,
+                             tuple(args.variant or BENCH_VARIANTS))
+        device = next(iter(result["cases"].values()))["device"].split(":")[0]
+        path = Path(args.out) / f"sgmn_{scale}_{device}.json"
+        write_json(result, path)
+        print(json.dumps({"file": str(path), **{v: {k: c[k] for k in ("train_step_ms", "peak_memory_mb",
+                                                                           "query_clip_ms")}
+                                                  for v, c in result["cases"].items()},
+                          "sgmn_over_gra": result.get("sgmn_over_gra")}, indent=1))
+
+
+def cmd_diagnose(args) -> None:
+    from sgmn.diagnostics import diagnose_run
+    from sgmn.io import provenance, write_json
+    _set_threads(args.threads)
+    runs = [diagnose_run(r, args.data, args.text_features, args.clip_weights) for r in args.run]
+    write_json({"runs": runs, "provenance": provenance(None, None)}, args.out)
+    for r in runs:
+        shares = {phase: {k: round(v, 3) for k, v in r[phase]["grad_share"].items()} for phase in ("init", "final")}
+        log.info("%s seed %s: visual-gradient share vs similarity loss %s; TMC %s -> %s",
+                 r["variant"], r["seed"], shares, r["init"]["tmc"], r["final"]["tmc"])
+
+
+def cmd_paper_checks(args) -> None:
+    from sgmn.paper import SOURCES, load_all, write_checks
+    for source in SOURCES:
+        if args.write_checks:
+            for path in write_checks(args.dir, source=source):
+                print(f"updated {path}")
+        df = load_all(args.dir, source=source)
+        flagged = df[df["checks"] != ""]
+        print(f"[{source}] {len(df)} cells in {df['table'].nunique()} tables; {len(flagged)} flagged")
+        for r in flagged.itertuples():
+            print(f"  table {r.table} {r.row_id} {r.subset} {r.metric} = {r.value}: {r.checks}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgmn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -382,15 +422,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", help="figure directory ({probe}.png/.pdf; default: the spec's figures)")
     s.set_defaults(func=cmd_probes)
 
-    from sgmn import bench  # light at import: torch loads inside each case's process
+    from sgmn.bench import SCALES, VARIANTS as BENCH_VARIANTS  # light: torch loads per case
     s = sub.add_parser("bench", help="train-step time, peak memory and inference ms: SGMN against GRA only")
-    bench.add_arguments(s)
-    s.set_defaults(func=bench.run_from_args)
+    s.add_argument("--scale", action="append", choices=sorted(SCALES),
+                   help="tiny (the CPU default) and/or vitb32 (ViT-B/32, batch 8, 10 frames); both by default")
+    s.add_argument("--variant", action="append", help=f"variants.yaml rows (default {' '.join(BENCH_VARIANTS)})")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
+    s.add_argument("--repeats", type=int, default=20, help="timed inference repeats")
+    s.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    s.add_argument("--out", default="results/bench", help="directory of the JSON files")
+    s.set_defaults(func=cmd_bench)
 
-    from sgmn import diagnostics
     s = sub.add_parser("diagnose", help="what each SGMN loss sends into the shared encoder (gradient shares, TMC residual)")
-    diagnostics.add_arguments(s)
-    s.set_defaults(func=diagnostics.main_from_args)
+    s.add_argument("--run", action="append", required=True, help="a run directory (final.pt, params.json)")
+    s.add_argument("--data", required=True, help="dataset root (its training split gives the batch)")
+    s.add_argument("--text-features", help="text feature cache; needed by runs with sgmn.te")
+    s.add_argument("--clip-weights", help="CLIP init of the runs (default: the one in params.json)")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--out", required=True, help="JSON file")
+    s.set_defaults(func=cmd_diagnose)
+
+    s = sub.add_parser("paper-checks", help="validate the published tables (workflow/paper) and list the cells they contradict")
+    s.add_argument("--dir", default=None, help="directory of the CSVs (default: the repository's workflow/paper)")
+    s.add_argument("--write-checks", action="store_true", help="rewrite the checks column of every CSV")
+    s.set_defaults(func=cmd_paper_checks)
     return p
 
 

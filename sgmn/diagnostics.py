@@ -25,7 +25,6 @@ import json
 import logging
 from pathlib import Path
 
-from sgmn.io import provenance, write_json
 
 log = logging.getLogger(__name__)
 PARTS = {"visual": "visual.", "text_filter": "filters.", "tmc": "tmc."}
@@ -134,24 +133,3 @@ def diagnose_run(run_dir, data_dir, text_features=None, clip_weights=None) -> di
         norms = gradient_norms(model, batch)
         result[name] = {"grad_norm": norms, "grad_share": _shares(norms), "tmc": tmc_effect(model, batch)}
     return result
-
-
-def main_from_args(args) -> int:
-    import torch
-    torch.set_num_threads(args.threads)
-    runs = [diagnose_run(r, args.data, args.text_features, args.clip_weights) for r in args.run]
-    write_json({"runs": runs, "provenance": provenance(None, None)}, args.out)
-    for r in runs:
-        shares = {phase: {k: round(v, 3) for k, v in r[phase]["grad_share"].items()} for phase in ("init", "final")}
-        log.info("%s seed %s: visual-gradient share vs similarity loss %s; TMC %s -> %s",
-                 r["variant"], r["seed"], shares, r["init"]["tmc"], r["final"]["tmc"])
-    return 0
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--run", action="append", required=True, help="a run directory (final.pt, params.json)")
-    p.add_argument("--data", required=True, help="dataset root (its training split gives the batch)")
-    p.add_argument("--text-features", help="text feature cache; needed by runs with sgmn.te")
-    p.add_argument("--clip-weights", help="CLIP init of the runs (default: the one in params.json)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", required=True, help="JSON file")

@@ -15,7 +15,7 @@ One CSV row is one published cell::
   ``dataset``: ``lpr4m`` | ``movingfashion``; ``subset``: ``overall`` or ``scale/small``,
   ``duration/long``, ``count/abundant``, ...; ``metric``: one of :data:`METRICS`;
   ``value``: float; ``checks``: empty, or a note when the published number is internally
-  inconsistent (written by :func:`compute_checks`, see ``python -m sgmn.paper --help``).
+  inconsistent (written by :func:`compute_checks`, see ``sgmn paper-checks --help``).
 - Switch columns (ablation tables only): Table 5 ``beta1, beta2`` (floats), Table 6
   ``g_i2i, g_v2v, g_cross`` and Table 7 ``te, tmc, gci, smf`` (``True``/``False``).
 
@@ -29,7 +29,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import re
@@ -480,27 +479,3 @@ def write_checks(directory: str | Path | None = None, *, source: str = "sgmn") -
                 csv.writer(f, lineterminator="\n").writerows(new)
             changed.append(path)
     return changed
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m sgmn.paper",
-        description="Validate the paper's published tables and report (or rewrite) the consistency checks.",
-    )
-    p.add_argument("--dir", default=None, help="directory of the CSVs (default: the repository's workflow/paper)")
-    p.add_argument("--write-checks", action="store_true", help="rewrite the checks column of every CSV")
-    args = p.parse_args(argv)
-    for source in SOURCES:
-        if args.write_checks:
-            for path in write_checks(args.dir, source=source):
-                print(f"updated {path}")
-        df = load_all(args.dir, source=source)
-        flagged = df[df["checks"] != ""]
-        print(f"[{source}] {len(df)} cells in {df['table'].nunique()} tables; {len(flagged)} flagged")
-        for r in flagged.itertuples():
-            print(f"  table {r.table} {r.row_id} {r.subset} {r.metric} = {r.value}: {r.checks}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

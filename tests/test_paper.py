@@ -197,7 +197,7 @@ def test_checks_flag_exactly_the_papers_known_inconsistencies(allt):
     for (table, row, metric, subset), phrase in PAPER_INCONSISTENCIES.items():
         sel = (allt.table == table) & (allt.row_id == row) & (allt.metric == metric) & (allt.subset == subset)
         assert phrase in checks[sel].iloc[0], (table, row, metric, subset)
-    # the committed CSVs carry the same column (python -m sgmn.paper --write-checks)
+    # the committed CSVs carry the same column (sgmn paper-checks --write-checks)
     assert (allt["checks"] != "").sum() == len(PAPER_INCONSISTENCIES)
     rice = load_all(source="rice")
     assert (compute_checks(rice, source="rice") == "").all()
