@@ -53,7 +53,7 @@ from sgmn.models.method import RetrievalMethod
 @dataclass(frozen=True)
 class RICEConfig:
     """The `rice` section of a validated run config (keys described in
-    workflow/schemas/config.schema.yaml)."""
+    sgmn/schemas/config.schema.yaml)."""
     box: bool
     te: bool
     lambda_text: float

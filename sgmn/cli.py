@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("resolve-config", help="write the full, validated config of one variant")
     s.add_argument("--config", help="base config YAML (e.g. workflow/config/default.yaml)")
     s.add_argument("--variant", default="gra_only", help="row of the variants file")
-    s.add_argument("--variants", default=None, help="variants file (default workflow/config/variants.yaml)")
+    s.add_argument("--variants", default=None, help="variants file (default sgmn/schemas/variants.yaml)")
     s.add_argument("--json", help="an already merged config as JSON (used by the DAG)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_resolve_config)

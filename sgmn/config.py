@@ -1,6 +1,6 @@
 """Configuration: YAML files validated against one JSON schema, and the variant matrix.
 
-The schema (`workflow/schemas/config.schema.yaml`) gives every key a description and a default
+The schema (`sgmn/schemas/config.schema.yaml`) gives every key a description and a default
 and forbids unknown keys. Snakemake validates the top-level config with it; the CLI validates
 every resolved variant config with the same file, so a mistyped key or an out-of-range value
 fails in both places with a message naming the key and, for YAML files, the file and line.
@@ -18,9 +18,7 @@ import yaml
 from sgmn.data.jsonfile import DuplicateKey, no_duplicate_keys
 from sgmn.fidelity import apply_fidelity
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-VARIANTS_PATH = REPO_ROOT / "workflow" / "config" / "variants.yaml"
+from sgmn.paths import REPO_ROOT, SCHEMA_PATH, VARIANTS_PATH  # noqa: F401  (re-exported)
 RUN_MATRIX_KEYS = ("variants", "seeds", "seeds_by_variant", "variants_file", "probes", "curves")  # the DAG's keys, not one run's config
 
 
@@ -30,7 +28,7 @@ class ConfigError(ValueError):
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
     if not path.exists():
-        raise ConfigError(f"config schema not found at {path} (run from a checkout of the suite)")
+        raise ConfigError(f"config schema not found at {path} (a broken install: reinstall the sgmn package)")
     return yaml_load(path.read_text())
 
 

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+from sgmn.paths import REPO_ROOT
+
 
 class OutputError(OSError):
     """An output path that cannot be written; the message names the path and why, in one line."""
@@ -82,7 +84,7 @@ CODE_PATHS = ("sgmn", "baselines", "workflow", "Snakefile", "pyproject.toml", "e
 
 def git_commit() -> dict:
     """The commit of the suite's checkout, and whether its code had uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
+    root = REPO_ROOT
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()

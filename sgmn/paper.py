@@ -38,8 +38,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from sgmn.paths import REPO_ROOT
+
 # workflow/paper/ of the repository that holds this package (sgmn/ and workflow/ are siblings).
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "workflow" / "paper"
+DEFAULT_DIR = REPO_ROOT / "workflow" / "paper"
 
 BASE_COLUMNS: tuple[str, ...] = ("table", "row_id", "method", "dataset", "subset", "metric", "value", "checks")
 METRICS = frozenset({"R@1", "R@5", "R@10", "R@mean", "time_ms", "params_m", "AP", "AP50", "AP75"})

@@ -77,7 +77,7 @@ def test_smoke_dag_end_to_end(tmp_path):
     # nothing left to do; changing one variant's config reruns only that variant
     plan = _snakemake(tmp_path, "-n")
     assert "Nothing to be done" in plan.stdout + plan.stderr
-    variants = yaml.safe_load((REPO / "workflow/config/variants.yaml").read_text())
+    variants = yaml.safe_load((REPO / "sgmn/schemas/variants.yaml").read_text())
     variants["variants"]["clip_zeroshot"]["overrides"]["evaluate"] = {"batch_size": 3}
     changed = tmp_path / "variants_changed.yaml"
     changed.write_text(yaml.safe_dump(variants))

@@ -1,7 +1,7 @@
 """The paper's tables regenerated from the runs, side by side with the published numbers.
 
 For SGMN Tables 1, 5, 6 and 7 (``workflow/paper/table{n}.csv``, :mod:`sgmn.paper`), every
-published row that a variant reproduces (its ``paper`` list in ``workflow/config/variants.yaml``)
+published row that a variant reproduces (its ``paper`` list in ``sgmn/schemas/variants.yaml``)
 gets the measured R@1/R@5/R@10 -- mean over seeds with a 95% t-interval half-width -- beside
 the published value and ``delta = measured - published``. Published rows that no variant
 reproduces are listed too, with NaN measurements, so every table is complete.

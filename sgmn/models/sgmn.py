@@ -30,7 +30,7 @@ from sgmn.models.losses import (distance_weighted_triplet, kl_rows, masked_vse_t
 @dataclass(frozen=True)
 class SGMNConfig:
     """SGMN's switches and recipe: the `sgmn` section of a resolved config (its keys, values and
-    the paper/official choices are described in workflow/schemas/config.schema.yaml)."""
+    the paper/official choices are described in sgmn/schemas/config.schema.yaml)."""
     te: bool
     tmc: bool
     gci: bool

@@ -12,7 +12,7 @@ from sgmn.evaluate.fidelity_table import fidelity_variants
 # suite's strict loader first, and take its numbers
 for _configfile in workflow.configfiles:
     coerce_yaml11_floats(config, load_yaml(_configfile)[0])
-validate(config, "../schemas/config.schema.yaml")
+validate(config, "../../sgmn/schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
 VARIANTS = load_variants(config["variants_file"])

@@ -1,0 +1,1 @@
+"""Baseline methods compared against SGMN; one module per method behind a registry."""

@@ -1,0 +1,186 @@
+"""Speed and memory of SGMN against GRA only: one training step and one query clip's inference.
+
+`sgmn bench` builds each variant from a shipped config at a given
+batch and frame count, feeds it a synthetic batch of the real shapes (random pixels; timing does
+not depend on the values), and writes one JSON per scale to `results/bench/`:
+
+- train step: the median wall time of forward + backward + optimiser step over `--steps` steps
+  after one warm-up step (the trainer's own optimiser, clip and loss), and the peak memory: CUDA's
+  max_memory_allocated, or on CPU the peak resident set size of a fresh process per case
+  (ru_maxrss, which includes the interpreter and libraries: `rss_before_mb` is that baseline);
+- inference: milliseconds to encode one query clip (batch 1, L frames, Eq. 23's GRA with the
+  text term where the variant has one) and one shop image, median over repeats;
+- parameters: all, trainable, and those used at inference (GCI and SMF only shape training).
+
+Each case runs in its own spawned process, so one case's allocations do not inflate another's.
+This is a measurement, not a test: nothing here asserts a time.
+
+    sgmn bench --scale tiny --scale vitb32 --out results/bench
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+
+from sgmn.config import VARIANTS_PATH, load_layered, resolve_variant
+from sgmn.io import provenance
+
+# scale -> (config applied on top of default.yaml, batch, frames): the issue's two shapes
+SCALES: dict[str, tuple[str | None, int | None, int | None]] = {
+    "tiny": (None, None, None),            # the CPU default as trained: lpr-tiny-clip, 64 px
+    "vitb32": ("lpr4m", 8, 10),            # the paper's encoder at batch 8, 10 frames, 224 px
+}
+VARIANTS = ("gra_only", "sgmn")
+TEXT_DIM = {"lpr-tiny-clip": 128}          # the CLIP text tower's width; ChineseCLIP's is 512
+
+
+def bench_config(scale: str, variant: str, device: str) -> dict:
+    """The resolved config of `variant` at `scale`: what the DAG would train, at the bench shapes."""
+    extra, batch, frames = SCALES[scale]
+    overrides = {"train": {"processes": 1, "device": device, "num_workers": 0}}
+    if batch:
+        overrides["train"]["batch_size"] = batch
+    if frames:
+        overrides["model"] = {"num_frames": frames}
+    config = load_layered(*([extra] if extra else []), overrides=overrides)
+    return resolve_variant(config, variant, variants_path=VARIANTS_PATH)
+
+
+def synthetic_batch(config: dict, text_dim: int, device, generator):
+    """A training batch of the config's shapes: every clip with a few padded frames at the end."""
+    import torch
+    b, l, s = config["train"]["batch_size"], config["model"]["num_frames"], config["model"]["image_size"]
+    mask = torch.ones(b, l, dtype=torch.bool)
+    mask[1::2, max(1, l - 2):] = False            # half the clips are shorter (padding exercised)
+    return {
+        "frames": torch.randn(b, l, 3, s, s, generator=generator).to(device),
+        "frame_mask": mask.to(device),
+        "image": torch.randn(b, 3, s, s, generator=generator).to(device),
+        "product": torch.arange(b, device=device),
+        "asr_feat": torch.randn(b, text_dim, generator=generator).to(device),
+        "title_feat": torch.randn(b, text_dim, generator=generator).to(device),
+        "asr_present": torch.ones(b, dtype=torch.bool, device=device),
+        "title_present": torch.ones(b, dtype=torch.bool, device=device),
+    }
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn, repeats: int, device) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def _param_counts(model) -> dict:
+    inference = sum(p.numel() for name, p in model.named_parameters()
+                    if not name.startswith(("gci.", "smf.")))
+    return {"all": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "inference": inference}
+
+
+def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: int, threads: int) -> dict:
+    """One (scale, variant): the train step, then inference, in this process."""
+    import torch
+
+    from sgmn.models.device import resolve_device
+    from sgmn.train.loop import optimise
+    from sgmn.train.optim import build_optimizer
+    from sgmn.models.factory import build_model
+
+    torch.set_num_threads(threads)
+    device = resolve_device(device_name)
+    config = bench_config(scale, variant, device.type)
+    t, m = config["train"], config["model"]
+    text_dim = TEXT_DIM.get(m["clip"], 512)
+    torch.manual_seed(0)
+    model = build_model(config, "none", text_dim).to(device)
+    model.hardest_negatives = t["triplet_warmup_steps"] == 0   # the loss the config trains with
+    opt = build_optimizer(model, t["optimizer"], t["lr"], t["weight_decay"], t["clip_lr_scale"], t["freeze_stem"])
+    params = [p for group in opt.param_groups for p in group["params"]]
+    batch = synthetic_batch(config, text_dim, device, torch.Generator().manual_seed(0))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16")
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def train_step():
+        with autocast:
+            out = model(batch)
+        optimise(out, opt, params, t["grad_clip"], step=0)
+        return out
+
+    model.train()
+    losses = sorted(k for k in train_step() if k.endswith("_loss"))      # warm-up step
+    step_ms = _median_ms(train_step, steps, device)
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    model.eval()
+    one = {k: v[:1] for k, v in batch.items()}
+    with torch.no_grad(), autocast:
+        query = lambda: model.encode_clip(one)    # noqa: E731
+        image = lambda: model.encode_image(one)   # noqa: E731
+        query(), image()                                                           # warm-up
+        query_ms, image_ms = _median_ms(query, repeats, device), _median_ms(image, repeats, device)
+    return {
+        "scale": scale, "variant": variant, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(), "precision": t["precision"],
+        "clip": m["clip"], "image_size": m["image_size"], "num_frames": m["num_frames"],
+        "batch_size": t["batch_size"], "losses": losses, "steps_timed": steps,
+        "train_step_ms": round(step_ms, 2),
+        "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_max_rss",
+        "rss_before_mb": round(rss_before, 1),
+        "query_clip_ms": round(query_ms, 3), "shop_image_ms": round(image_ms, 3), "inference_repeats": repeats,
+        "parameters": _param_counts(model),
+        "sgmn": {k: config["sgmn"][k] for k in ("te", "tmc", "gci", "smf")},
+    }
+
+
+def _case_in_child(queue, *args) -> None:
+    try:
+        queue.put(("ok", run_case(*args)))
+    except BaseException as err:  # noqa: BLE001 - reported by the parent
+        queue.put(("error", f"{type(err).__name__}: {err}"))
+
+
+def run_isolated(*args) -> dict:
+    """run_case in a fresh spawned process (its own peak RSS and allocator)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_case_in_child, args=(queue, *args))
+    proc.start()
+    status, result = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"bench case {args[:3]} failed: {result}")
+    return result
+
+
+def bench_scale(scale: str, device: str = "auto", steps: int = 5, repeats: int = 20, threads: int = 2,
+                variants=VARIANTS, isolated: bool = True) -> dict:
+    run = run_isolated if isolated else run_case
+    cases = {v: run(scale, v, device, steps, repeats, threads) for v in variants}
+    out = {"scale": scale, "cases": cases, "provenance": provenance(None, None)}
+    if {"gra_only", "sgmn"} <= set(cases):
+        full, gra = cases["sgmn"], cases["gra_only"]
+        out["sgmn_over_gra"] = {
+            "train_step": round(full["train_step_ms"] / gra["train_step_ms"], 3),
+            "query_clip": round(full["query_clip_ms"] / gra["query_clip_ms"], 3),
+            "peak_memory": round(full["peak_memory_mb"] / gra["peak_memory_mb"], 3),
+        }
+    return out

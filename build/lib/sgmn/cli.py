@@ -1,0 +1,470 @@
+"""`sgmn` command line: one subcommand per DAG step, each runnable and testable alone.
+
+    sgmn synth --preset default --seed 0 --out results/lpr_synth/data
+    sgmn resolve-config --config workflow/config/default.yaml --variant gra_only --out cfg.json
+    sgmn pretrain-clip --config cfg.json --data DIR --out clip.pt
+    sgmn text-features --config cfg.json --data DIR --clip-weights clip.pt --out TEXT_DIR
+    sgmn train --config cfg.json --seed 0 --data DIR --clip-weights clip.pt --out RUN_DIR
+    sgmn evaluate --data DIR --checkpoint RUN_DIR/final.pt --out metrics.json --scores-out scores.parquet
+    sgmn evaluate --data DIR --scores scores.parquet --out metrics.json   # recompute from a table
+    sgmn tables --runs results/lpr_synth/runs --config workflow/config/default.yaml --out results/lpr_synth/tables
+    sgmn probes --config workflow/config/probes.yaml --root results/lpr_synth/probes --out results/lpr_synth/probes/probes.csv
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("sgmn")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects knob=value, got '{pair}'")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_synth(args) -> None:
+    from sgmn.data.synth import generate
+    path = generate(args.out, preset=args.preset, seed=args.seed, fmt=args.format,
+                    overrides=_parse_sets(args.set))
+    log.info("wrote %s", path)
+
+
+def cmd_resolve_config(args) -> None:
+    from sgmn import config as cfg
+    from sgmn.fidelity import apply_fidelity
+    from sgmn.io import write_json
+    if args.json:
+        resolved = json.loads(args.json)
+        variant = resolved.pop("variant", args.variant)
+        resolved = cfg.without_run_matrix(apply_fidelity(cfg.validate(cfg.strip_run_keys(resolved), "--json")))
+        resolved["variant"] = variant
+    else:
+        base = cfg.load_config(args.config)
+        resolved = cfg.resolve_variant(base, args.variant,
+                                       variants_path=args.variants or cfg.VARIANTS_PATH)
+    write_json(resolved, args.out)
+
+
+def _load_run_config(path) -> dict:
+    from sgmn.config import load_config, resolve_run_config
+    return resolve_run_config(load_config(path))
+
+
+def cmd_pretrain_clip(args) -> None:
+    from sgmn.train.pretrain_clip import pretrain
+    _set_threads(args.threads)
+    pretrain(_load_run_config(args.config), args.data, args.out)
+
+
+def cmd_text_features(args) -> None:
+    from sgmn.text.features import build_text_features
+    _set_threads(args.threads)
+    out = build_text_features(_load_run_config(args.config), args.data, args.clip_weights, args.out)
+    log.info("wrote %s", out)
+
+
+def _set_threads(n: int) -> None:
+    if n > 0:
+        import torch
+        torch.set_num_threads(n)
+
+
+def cmd_train(args) -> None:
+    """Also under `torchrun --standalone --nproc_per_node N -m sgmn.cli train ...` (data parallel)."""
+    from sgmn.train import distributed
+    from sgmn.train.retrieval import train_run
+    rank, world_size, _ = distributed.init_from_env()  # (0, 1, 0) without torchrun
+    if rank > 0:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs for the run
+    try:
+        _set_threads(args.threads)
+        config = _load_run_config(args.config)
+        processes = config["train"].get("processes", 1)
+        if processes != world_size:
+            log.warning("train.processes is %d but %d process(es) run: the global batch and the "
+                        "results are the same, only the speed differs", processes, world_size)
+        final = train_run(config, args.seed, args.data, args.clip_weights, args.out, args.text_features,
+                          args.frame_store)
+    finally:
+        distributed.shutdown()
+    log.info("wrote %s", final)
+
+
+def detect_format(root: Path) -> str:
+    if (root / "test.json").exists() or (root / "train.json").exists():
+        return "movingfashion"
+    if any(root.glob("test_videoid_to_gtimage_*.json")):
+        return "lpr4m"
+    raise SystemExit(f"{root}: neither an LPR4M root (test_videoid_to_gtimage_*.json) nor a "
+                     f"MovingFashion root (test.json); pass --format")
+
+
+def cmd_evaluate(args) -> None:
+    from sgmn.data.datasets import read_split
+    from sgmn.evaluate.run import evaluate_model, metrics_from_scores
+    from sgmn.evaluate.scores import read_scores
+    from sgmn.io import provenance, write_json, write_table
+    data = Path(args.data)
+    if (args.scores is None) == (args.checkpoint is None):
+        raise SystemExit("evaluate needs exactly one of --checkpoint (score a model) or --scores (recompute)")
+    if args.scores:
+        fmt = args.format or detect_format(data)
+        test = read_split(data, fmt, "test")
+        scores, report = read_scores(args.scores)
+        metrics, per_query = metrics_from_scores(test, scores)
+        metrics["score_table"] = {"path": str(args.scores), **report}
+        metrics["provenance"] = provenance(None, None)
+        metrics["provenance"]["scores"] = str(args.scores)
+    else:
+        from sgmn.models.factory import load_model
+        model, state = load_model(args.checkpoint)
+        config = state["config"]
+        if args.format:
+            config["dataset"]["format"] = args.format
+        _set_threads(args.threads)
+        text_store = None
+        if args.text_features:
+            from sgmn.text.features import TextFeatures
+            text_store = TextFeatures.load(args.text_features)
+        scores, metrics, per_query = evaluate_model(model, config, data, text_store, args.frame_store)
+        metrics["provenance"] = provenance(config, state.get("seed"))
+        metrics["provenance"]["checkpoint"] = str(args.checkpoint)
+        metrics["provenance"]["trained_with"] = state.get("provenance", {}).get("git")
+        if args.scores_out:
+            write_table(scores, args.scores_out)
+    if args.per_query_out:
+        write_table(per_query, args.per_query_out)
+    write_json(metrics, args.out)
+    o = metrics["overall"]
+    log.info("R@1 %.2f  R@5 %.2f  R@10 %.2f  R@mean %.2f  (n=%d, misses=%d, chance R@1 %.2f)",
+             o["R@1"], o["R@5"], o["R@10"], o["R@mean"], o["n"], metrics["n_misses"],
+             metrics["chance"]["R@1"])
+
+
+FRAME_STORE_HELP = "decoded frames of --data (`sgmn frame-store`); default: decode the JPEG files"
+
+
+def cmd_frame_store(args) -> None:
+    from sgmn.data.frame_store import build
+    log.info("wrote %s", build(args.data, args.size, args.out))
+
+
+def cmd_summarize(args) -> None:
+    """One row per (variant, seed) run: overall metrics, chance level and provenance."""
+    import pandas as pd
+    from sgmn.io import write_table
+    rows = []
+    for path in args.metrics:
+        m = json.loads(Path(path).read_text())
+        conf = m["provenance"]["config"] or {}
+        rows.append({"variant": conf.get("variant"), "seed": m["provenance"]["seed"],
+                     **{k: m["overall"][k] for k in ("R@1", "R@5", "R@10", "R@mean", "n")},
+                     "chance_R@1": m["chance"]["R@1"], "n_misses": m["n_misses"],
+                     "commit": (m["provenance"]["git"] or {}).get("commit"), "metrics": str(path)})
+    table = pd.DataFrame(rows).sort_values(["variant", "seed"])
+    write_table(table, args.out)
+    md = Path(args.out).with_suffix(".md")
+    md.write_text(table.drop(columns=["metrics", "commit"]).to_markdown(index=False, floatfmt=".2f") + "\n")
+
+
+def cmd_tables(args) -> None:
+    """The paper's Tables 1, 5, 6, 7 from the runs, beside the published numbers, with paired tests."""
+    from sgmn import config as cfg
+    from sgmn.evaluate.tables import build_tables, write_tables
+    from sgmn.io import provenance
+    if (args.config is None) == (args.config_json is None):
+        raise SystemExit("tables needs exactly one of --config (YAML) or --config-json")
+    # load_yaml + validate: the run-matrix keys (seeds, seeds_by_variant, variants) are kept
+    if args.config_json is not None:
+        try:
+            raw, lines, source = json.loads(args.config_json), None, "--config-json"
+        except json.JSONDecodeError as err:
+            raise cfg.ConfigError(f"--config-json: invalid JSON: {err.msg}") from None
+    else:
+        if not Path(args.config).exists():
+            raise FileNotFoundError(f"config file {args.config} not found")
+        (raw, lines), source = cfg.load_yaml(args.config), args.config
+    conf = cfg.validate(cfg.strip_run_keys(raw), source, lines)
+    every = cfg.load_variants(args.variants_file or conf["variants_file"])
+    unknown = [v for v in conf["variants"] if v not in every]
+    if unknown:
+        raise cfg.ConfigError(f"{source}: variants {unknown} are not in the variants file")
+    variants = {v: every[v] for v in conf["variants"]}
+    seeds = {v: conf["seeds_by_variant"].get(v, conf["seeds"]) for v in variants}
+    tables = build_tables(args.runs, variants, seeds, paper_dir=args.paper_dir)
+    prov = provenance(conf, None)
+    prov.update({"runs": str(args.runs), "seeds": seeds,
+                 "variants_file": str(args.variants_file or conf["variants_file"])})
+    synthetic = conf["dataset"]["path"] is None
+    dataset = "LPR-Synth" if synthetic else conf["dataset"]["name"]
+    for path in write_tables(tables, args.out, dataset=dataset, synthetic=synthetic, provenance=prov):
+        log.info("wrote %s", path)
+
+
+def cmd_data_stats(args) -> None:
+    """Cheap statistics of a generated dataset (motion, visibility, near twins, text-only R@1)."""
+    from sgmn.evaluate.data_stats import DEFAULT_MAX_CLIPS, compute_data_stats
+    from sgmn.io import write_json
+    batch_size = args.batch_size
+    if batch_size is None:
+        from sgmn.config import REPO_ROOT, load_config
+        batch_size = load_config(args.config or REPO_ROOT / "workflow/config/default.yaml")["train"]["batch_size"]
+    stats = compute_data_stats(args.data, args.text_features, batch_size,
+                               args.max_clips if args.max_clips is not None else DEFAULT_MAX_CLIPS, args.seed)
+    write_json(stats, args.out)
+    log.info("wrote %s", args.out)
+
+
+def cmd_curves(args) -> None:
+    """Learning curves: curves.csv and the figure from the curve runs' metrics."""
+    from sgmn import config as cfg
+    from sgmn.evaluate.curves import write_curves
+    spec = cfg.validate({"curves": json.loads(args.spec_json)}, "--spec-json")["curves"]
+    for path in write_curves(args.runs, spec, args.out, args.figure, args.margin):
+        log.info("wrote %s", path)
+
+
+def cmd_fidelity_table(args) -> None:
+    """Table 7 under the paper's and the official recipe, with paired tests."""
+    from sgmn.evaluate.fidelity_table import write
+    for path in write(args.runs, args.out, args.seeds):
+        log.info("wrote %s", path)
+
+
+def cmd_probes(args) -> None:
+    """The mechanism probes' table (probes.csv + .md) and figures from a (partial) results tree."""
+    from sgmn import config as cfg
+    from sgmn.evaluate.probes import build_probe_table, check_spec, load_spec_file, write_probe_outputs
+    if (args.config is None) == (args.spec_json is None):
+        raise SystemExit("probes needs exactly one of --config (YAML with a probes block) or --spec-json")
+    if args.spec_json is not None:
+        try:
+            block = json.loads(args.spec_json)
+        except json.JSONDecodeError as err:
+            raise cfg.ConfigError(f"--spec-json: invalid JSON: {err.msg}") from None
+        spec = check_spec(cfg.validate({"probes": block}, "--spec-json")["probes"], "--spec-json")
+    else:
+        if not Path(args.config).exists():
+            raise FileNotFoundError(f"config file {args.config} not found")
+        spec = load_spec_file(args.config)
+    table = build_probe_table(args.root, spec)
+    for path in write_probe_outputs(table, spec, args.out, args.figures or spec["figures"]):
+        log.info("wrote %s", path)
+
+
+def cmd_bench(args) -> None:
+    from sgmn.bench import SCALES, VARIANTS as BENCH_VARIANTS, bench_scale
+    from sgmn.io import write_json
+    for scale in args.scale or list(SCALES):
+        result = bench_scale(scale, args.device, args.steps, args.repeats, args.threads,
+                             tuple(args.variant or BENCH_VARIANTS))
+        device = next(iter(result["cases"].values()))["device"].split(":")[0]
+        path = Path(args.out) / f"sgmn_{scale}_{device}.json"
+        write_json(result, path)
+        print(json.dumps({"file": str(path), **{v: {k: c[k] for k in ("train_step_ms", "peak_memory_mb",
+                                                                           "query_clip_ms")}
+                                                  for v, c in result["cases"].items()},
+                          "sgmn_over_gra": result.get("sgmn_over_gra")}, indent=1))
+
+
+def cmd_diagnose(args) -> None:
+    from sgmn.diagnostics import diagnose_run
+    from sgmn.io import provenance, write_json
+    _set_threads(args.threads)
+    runs = [diagnose_run(r, args.data, args.text_features, args.clip_weights) for r in args.run]
+    write_json({"runs": runs, "provenance": provenance(None, None)}, args.out)
+    for r in runs:
+        shares = {phase: {k: round(v, 3) for k, v in r[phase]["grad_share"].items()} for phase in ("init", "final")}
+        log.info("%s seed %s: visual-gradient share vs similarity loss %s; TMC %s -> %s",
+                 r["variant"], r["seed"], shares, r["init"]["tmc"], r["final"]["tmc"])
+
+
+def cmd_paper_checks(args) -> None:
+    from sgmn.paper import SOURCES, load_all, write_checks
+    for source in SOURCES:
+        if args.write_checks:
+            for path in write_checks(args.dir, source=source):
+                print(f"updated {path}")
+        df = load_all(args.dir, source=source)
+        flagged = df[df["checks"] != ""]
+        print(f"[{source}] {len(df)} cells in {df['table'].nunique()} tables; {len(flagged)} flagged")
+        for r in flagged.itertuples():
+            print(f"  table {r.table} {r.row_id} {r.subset} {r.metric} = {r.value}: {r.checks}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sgmn", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate LPR-Synth (LPR4M layout) or MF-Synth (MovingFashion layout)")
+    s.add_argument("--preset", default="default", help="smoke (CI, seconds), default (CPU job), large (GPU)")
+    s.add_argument("--seed", type=int, default=0, help="the dataset is a pure function of preset, seed, knobs")
+    s.add_argument("--out", required=True, help="output directory (written atomically; must not exist)")
+    s.add_argument("--format", default="lpr4m", choices=["lpr4m", "movingfashion"])
+    s.add_argument("--set", action="append", metavar="KNOB=VALUE", help="override a generator knob (docs/lpr_synth.md)")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("resolve-config", help="write the full, validated config of one variant")
+    s.add_argument("--config", help="base config YAML (e.g. workflow/config/default.yaml)")
+    s.add_argument("--variant", default="gra_only", help="row of the variants file")
+    s.add_argument("--variants", default=None, help="variants file (default sgmn/schemas/variants.yaml)")
+    s.add_argument("--json", help="an already merged config as JSON (used by the DAG)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_resolve_config)
+
+    s = sub.add_parser("pretrain-clip", help="contrastively pretrain the small CLIP on the training catalogue")
+    s.add_argument("--config", required=True, help="resolved config (JSON) or config YAML")
+    s.add_argument("--data", required=True, help="dataset root")
+    s.add_argument("--out", required=True, help="state dict of the CLIP (loadable by open_clip)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.set_defaults(func=cmd_pretrain_clip)
+
+    s = sub.add_parser("text-features", help="encode every ASR text and title once with the frozen text encoder")
+    s.add_argument("--config", required=True, help="resolved config (JSON) or config YAML (text.*, model.clip)")
+    s.add_argument("--data", required=True, help="dataset root")
+    s.add_argument("--clip-weights", default="none",
+                   help="weights of the CLIP text tower (text.encoder clip): a local state dict, 'openai', or 'none'")
+    s.add_argument("--out", required=True, help="cache directory (features.npy, keys.npy, meta.json)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.set_defaults(func=cmd_text_features)
+
+    s = sub.add_parser("train", help="train one (variant, seed) run; resumes from OUT/ckpt/latest.pt")
+    s.add_argument("--config", required=True, help="resolved config (JSON) or config YAML")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--data", required=True, help="dataset root")
+    s.add_argument("--clip-weights", default="none",
+                   help="CLIP init: a local state dict, 'openai', or 'none' (random)")
+    s.add_argument("--out", required=True, help="run directory (final.pt, train_log.jsonl, params.json)")
+    s.add_argument("--text-features", help="text feature cache (the text_features step); needed when the method's te is on")
+    s.add_argument("--frame-store", help=FRAME_STORE_HELP)
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="score a checkpoint, or recompute metrics from a score table")
+    s.add_argument("--data", required=True, help="dataset root (only its test files are read)")
+    s.add_argument("--checkpoint", help="final.pt of a run")
+    s.add_argument("--scores", help="long-format table (CSV or Parquet): video_id, image_id, score")
+    s.add_argument("--format", choices=["lpr4m", "movingfashion"], help="default: detected from --data")
+    s.add_argument("--out", required=True, help="metrics JSON")
+    s.add_argument("--scores-out", help="where to save the score table (Parquet or CSV)")
+    s.add_argument("--per-query-out", help="per-query ranks and hits (for paired tests)")
+    s.add_argument("--text-features", help="text feature cache; needed by a model whose te is on")
+    s.add_argument("--frame-store", help=FRAME_STORE_HELP)
+    s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("frame-store", help="decode every frame and image of an LPR4M root once (uint8, memory-mapped)")
+    s.add_argument("--data", required=True, help="dataset root (LPR4M layout)")
+    s.add_argument("--size", type=int, required=True, help="side in pixels: the model's model.image_size")
+    s.add_argument("--out", required=True, help="store directory (pixels.npy, index.json)")
+    s.set_defaults(func=cmd_frame_store)
+
+    s = sub.add_parser("summarize", help="collect run metrics into one CSV (+ Markdown) table")
+    s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of the runs")
+    s.add_argument("--out", required=True, help="CSV path; a .md beside it")
+    s.set_defaults(func=cmd_summarize)
+
+    s = sub.add_parser("tables", help="the paper's Tables 1, 5, 6, 7 from the runs, diffed against the published numbers")
+    s.add_argument("--runs", required=True, help="runs directory ({variant}/seed{seed}/metrics.json, per_query.parquet)")
+    s.add_argument("--config", help="config YAML (seeds, seeds_by_variant, variants)")
+    s.add_argument("--config-json", help="the same config as JSON (used by the DAG)")
+    s.add_argument("--variants-file", help="variants file with the paper rows (default: the config's variants_file)")
+    s.add_argument("--paper-dir", help="published tables (default: the repository's workflow/paper)")
+    s.add_argument("--out", required=True, help="output directory: table{n}.csv, paired_tests.csv, tables.md")
+    s.set_defaults(func=cmd_tables)
+
+    s = sub.add_parser("data-stats", help="cheap statistics of a generated dataset, no training (data_stats.json)")
+    s.add_argument("--data", required=True, help="LPR-Synth root (needs synth_meta.json)")
+    s.add_argument("--text-features", required=True, help="text feature cache (the text_features step)")
+    s.add_argument("--batch-size", type=int, help="training batch size B (default: --config's train.batch_size)")
+    s.add_argument("--config", help="config YAML/JSON for the default batch size (default: workflow/config/default.yaml)")
+    s.add_argument("--max-clips", type=int, help="clips per split read for the motion statistics (default 400)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the training-clip sample")
+    s.add_argument("--out", required=True, help="JSON file (written atomically)")
+    s.set_defaults(func=cmd_data_stats)
+
+    s = sub.add_parser("curves", help="learning curves: R@1 against train.steps (curves.csv, figure)")
+    s.add_argument("--runs", required=True, help="runs directory (results/{dataset}/runs)")
+    s.add_argument("--spec-json", required=True, help="the config's curves block as JSON")
+    s.add_argument("--out", required=True, help="curves.csv")
+    s.add_argument("--figure", required=True, help="figure path without suffix (PNG and PDF)")
+    s.add_argument("--margin", type=float, help="triplet margin: marks the collapse level 2 x margin on the loss panel")
+    s.set_defaults(func=cmd_curves)
+    s = sub.add_parser("fidelity-table", help="Table 7 (rows A-E) under fidelity paper and official, paired tests")
+    s.add_argument("--runs", required=True, help="runs directory (results/{dataset}/runs)")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    s.add_argument("--out", required=True, help="output directory (table7_fidelity.csv, paired_tests.csv, fidelity.md)")
+    s.set_defaults(func=cmd_fidelity_table)
+    s = sub.add_parser("probes", help="mechanism probes: each component on vs off along its phenomenon's axis (probes.csv, figures)")
+    s.add_argument("--root", required=True, help="probe results (results/{dataset}/probes: {probe}/{point}/runs/{on,off}/seed{N})")
+    s.add_argument("--config", help="config YAML with a probes block (e.g. workflow/config/probes.yaml)")
+    s.add_argument("--spec-json", help="the probes block as JSON (used by the DAG)")
+    s.add_argument("--out", required=True, help="CSV path; probes.md beside it")
+    s.add_argument("--figures", help="figure directory ({probe}.png/.pdf; default: the spec's figures)")
+    s.set_defaults(func=cmd_probes)
+
+    from sgmn.bench import SCALES, VARIANTS as BENCH_VARIANTS  # light: torch loads per case
+    s = sub.add_parser("bench", help="train-step time, peak memory and inference ms: SGMN against GRA only")
+    s.add_argument("--scale", action="append", choices=sorted(SCALES),
+                   help="tiny (the CPU default) and/or vitb32 (ViT-B/32, batch 8, 10 frames); both by default")
+    s.add_argument("--variant", action="append", help=f"variants.yaml rows (default {' '.join(BENCH_VARIANTS)})")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
+    s.add_argument("--repeats", type=int, default=20, help="timed inference repeats")
+    s.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    s.add_argument("--out", default="results/bench", help="directory of the JSON files")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("diagnose", help="what each SGMN loss sends into the shared encoder (gradient shares, TMC residual)")
+    s.add_argument("--run", action="append", required=True, help="a run directory (final.pt, params.json)")
+    s.add_argument("--data", required=True, help="dataset root (its training split gives the batch)")
+    s.add_argument("--text-features", help="text feature cache; needed by runs with sgmn.te")
+    s.add_argument("--clip-weights", help="CLIP init of the runs (default: the one in params.json)")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--out", required=True, help="JSON file")
+    s.set_defaults(func=cmd_diagnose)
+
+    s = sub.add_parser("paper-checks", help="validate the published tables (workflow/paper) and list the cells they contradict")
+    s.add_argument("--dir", default=None, help="directory of the CSVs (default: the repository's workflow/paper)")
+    s.add_argument("--write-checks", action="store_true", help="rewrite the checks column of every CSV")
+    s.set_defaults(func=cmd_paper_checks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from sgmn.config import ConfigError
+    from sgmn.data.records import AnnotationError
+    from sgmn.io import OutputError
+    from sgmn.evaluate.scores import ScoreTableError
+    try:
+        args.func(args)
+    except (ConfigError, AnnotationError, ScoreTableError, OutputError, FileNotFoundError,
+            FileExistsError) as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""JSON annotation files read strictly: a UTF-8 byte-order mark is dropped, and a key that
+occurs twice in one object (json keeps the last silently) is an AnnotationError naming it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sgmn.data.records import AnnotationError
+
+
+class DuplicateKey(ValueError):
+    """A key given twice in one JSON object; args[0] is the key."""
+
+
+def no_duplicate_keys(pairs):
+    """json's object_pairs_hook: a dict, or DuplicateKey on a repeated key."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def read_json(path: Path):
+    """The parsed file; errors name the file (and line, for syntax errors)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"), object_pairs_hook=no_duplicate_keys)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(path, err.lineno, f"invalid JSON: {err.msg}") from None
+    except DuplicateKey as err:
+        raise AnnotationError(path, None, f"key {err.args[0]!r} occurs twice in one JSON object") from None
+    except UnicodeDecodeError as err:
+        raise AnnotationError(path, None, f"not valid UTF-8 ({err.reason})") from None

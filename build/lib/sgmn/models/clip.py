@@ -1,0 +1,80 @@
+"""CLIP towers from open_clip: model configs of the suite, and where their weights come from.
+
+The suite's own architectures (`sgmn/models/configs/*.json`, e.g. `lpr-tiny-clip`, the CPU
+stand-in for ViT-B/32 on LPR-Synth) are registered with open_clip at import, so every model,
+built-in or ours, is made by `open_clip.create_model`. Weights are explicit: `none` (random),
+`openai` (open_clip's tag; needs the hub or open_clip's cache), or a local state-dict file that
+must match the architecture exactly (open_clip loads it with strict=True).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+for _cfg in sorted(CONFIG_DIR.glob("*.json")):
+    open_clip.add_model_config(_cfg)
+
+log = logging.getLogger(__name__)
+
+
+def list_models() -> list[str]:
+    return open_clip.list_models()
+
+
+def create_clip(name: str, pretrained: str | None = "none", image_size: int | None = None) -> torch.nn.Module:
+    """Build an open_clip CLIP model and load its weights.
+
+    pretrained: "none" -> random init; "openai" (or any open_clip tag) -> open_clip's weights;
+    anything else is a path to a local .pt / .bin / .safetensors state dict.
+    """
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP model '{name}'; known: {', '.join(open_clip.list_models())}")
+    if pretrained in (None, "none"):
+        return open_clip.create_model(name, pretrained=None, force_image_size=image_size)
+    if pretrained in open_clip.list_pretrained_tags_by_model(name):
+        try:
+            return open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size,
+                                          require_pretrained=True)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"could not load open_clip weights '{name}/{pretrained}' ({err}); on an offline "
+                f"machine download them once and pass the local file path as model.pretrained") from err
+    path = Path(pretrained)
+    if not path.is_file():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise FileNotFoundError(
+            f"pretrained weights '{pretrained}' are neither a file nor a tag of {name} (tags: {tags})")
+    # open_clip loads a local file with load_state_dict(strict=True): a mismatch lists the keys
+    try:
+        return open_clip.create_model(name, pretrained=str(path), force_image_size=image_size,
+                                      require_pretrained=True)
+    except (RuntimeError, AssertionError, KeyError, ValueError) as err:
+        raise RuntimeError(f"{path}: not a state dict of CLIP '{name}': {err}") from err
+
+
+def get_tokenizer(name: str):
+    return open_clip.get_tokenizer(name)
+
+
+def save_clip(model: torch.nn.Module, path: str | Path) -> None:
+    """Save a state dict that `create_clip(name, pretrained=path)` loads bit-identically."""
+    from sgmn.io import atomic_save
+    atomic_save(model.state_dict(), path)
+
+
+def encode_tokens(visual: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(n, 3, H, W) -> the projected CLS embedding (n, D) and, when `visual.output_tokens` is
+    set, every token projected into the same space (n, 1 + patches, D), CLS first.
+
+    open_clip returns the patch tokens after ln_post but before the projection, so they are
+    projected here (the official SGMN code does the same, modeling.py get_visual_output)."""
+    if not visual.output_tokens:
+        return visual(x), None
+    cls, patches = visual(x)
+    if visual.proj is not None:
+        patches = patches @ visual.proj
+    return cls, torch.cat([cls.unsqueeze(1), patches], 1)

@@ -1,0 +1,36 @@
+"""Which class implements each method name: `method: rice` in a config or a variants.yaml row.
+
+Entries are import paths, imported on first use (as open_clip resolves its model names), so
+listing the methods imports no model code and a method's dependencies load only when it runs.
+`register` adds a method of one's own without editing this file.
+"""
+from __future__ import annotations
+
+import importlib
+
+from sgmn.models.method import RetrievalMethod
+
+METHODS: dict[str, str] = {
+    "sgmn": "sgmn.models.sgmn:SGMN",
+    "rice": "baselines.rice:RICE",
+}
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def register(name: str, target: str | type) -> None:
+    """Register a method: `target` is a RetrievalMethod subclass or its "module:Class" path."""
+    METHODS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
+
+def get_method(name: str) -> type[RetrievalMethod]:
+    """The class registered under `name`; an unknown name lists the known ones."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method '{name}' (registered: {', '.join(method_names())})")
+    module, _, attr = METHODS[name].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, RetrievalMethod)):
+        raise TypeError(f"method '{name}' ({METHODS[name]}) is not a RetrievalMethod subclass")
+    return cls
