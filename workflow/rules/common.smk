@@ -55,7 +55,8 @@ def get_variant_json(wildcards):
 def get_pretrain_json(wildcards):
     """Only the keys that shape the pretrained CLIP, so training changes do not redo it."""
     keep = {
-        "dataset": config["dataset"],
+        # frame_store only changes how frames are read, never what they hold
+        "dataset": {k: v for k, v in config["dataset"].items() if k != "frame_store"},
         "model": {k: config["model"][k] for k in ("clip", "image_size")},
         "pretrain": config["pretrain"],
         "train": {k: config["train"][k] for k in ("device", "precision", "num_workers")},
