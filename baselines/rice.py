@@ -184,6 +184,7 @@ class RICE(RetrievalMethod):
     return unit-norm embeddings, or [e, sqrt(lambda) text] with `te`."""
 
     name = "rice"
+    training_only = ("decoder", "match_vector", "pfr_head")   # PMD and PFR: training only
 
     def __init__(self, visual: nn.Module, cfg: RICEConfig, num_frames: int, image_size: int,
                  text_dim: int | None = None):

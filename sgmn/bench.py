@@ -35,6 +35,7 @@ SCALES: dict[str, tuple[str | None, int | None, int | None]] = {
 }
 VARIANTS = ("gra_only", "sgmn")
 TEXT_DIM = {"lpr-tiny-clip": 128}          # the CLIP text tower's width; ChineseCLIP's is 512
+GALLERY = 600                              # shop images per query: LPR4M's ~603 per live (all images)
 
 
 def bench_config(scale: str, variant: str, device: str) -> dict:
@@ -64,6 +65,9 @@ def synthetic_batch(config: dict, text_dim: int, device, generator):
         "title_feat": torch.randn(b, text_dim, generator=generator).to(device),
         "asr_present": torch.ones(b, dtype=torch.bool, device=device),
         "title_present": torch.ones(b, dtype=torch.bool, device=device),
+        # the intended product's box, as RICE_box's emulated detector gives it
+        "target_box": torch.tensor([0.2, 0.15, 0.8, 0.9], device=device).expand(b, l, 4).clone(),
+        "target_present": mask.clone().to(device),
     }
 
 
@@ -85,15 +89,17 @@ def _median_ms(fn, repeats: int, device) -> float:
 
 
 def _param_counts(model) -> dict:
-    inference = sum(p.numel() for name, p in model.named_parameters()
-                    if not name.startswith(("gci.", "smf.")))
+    """All, trainable, and used at inference (without the method's training-only submodules)."""
+    def training_only(name: str) -> bool:
+        return name.split(".")[0] in model.training_only
     return {"all": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "inference": inference}
+            "inference": sum(p.numel() for n, p in model.named_parameters() if not training_only(n))}
 
 
-def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: int, threads: int) -> dict:
-    """One (scale, variant): the train step, then inference, in this process."""
+def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: int, threads: int,
+             gallery: int = GALLERY, train: bool = True) -> dict:
+    """One (scale, variant): the train step (unless train=False), then inference, in this process."""
     import torch
 
     from sgmn.models.device import resolve_device
@@ -124,8 +130,8 @@ def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: in
         return out
 
     model.train()
-    losses = sorted(k for k in train_step() if k.endswith("_loss"))      # warm-up step
-    step_ms = _median_ms(train_step, steps, device)
+    losses = sorted(k for k in train_step() if k.endswith("_loss")) if train else []  # warm-up step
+    step_ms = _median_ms(train_step, steps, device) if train else None
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -134,20 +140,25 @@ def run_case(scale: str, variant: str, device_name: str, steps: int, repeats: in
     with torch.no_grad(), autocast:
         query = lambda: model.encode_clip(one)    # noqa: E731
         image = lambda: model.encode_image(one)   # noqa: E731
-        query(), image()                                                           # warm-up
+        # Table 3's time per query: encode the clip, score it against a gallery encoded once
+        images = torch.cat([image()] * gallery)
+        per_query = lambda: model.score(query(), images)   # noqa: E731
+        query(), image(), per_query()                                              # warm-up
         query_ms, image_ms = _median_ms(query, repeats, device), _median_ms(image, repeats, device)
+        per_query_ms = _median_ms(per_query, repeats, device)
     return {
         "scale": scale, "variant": variant, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(), "precision": t["precision"],
         "clip": m["clip"], "image_size": m["image_size"], "num_frames": m["num_frames"],
         "batch_size": t["batch_size"], "losses": losses, "steps_timed": steps,
-        "train_step_ms": round(step_ms, 2),
+        "train_step_ms": None if step_ms is None else round(step_ms, 2),
         "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_max_rss",
         "rss_before_mb": round(rss_before, 1),
         "query_clip_ms": round(query_ms, 3), "shop_image_ms": round(image_ms, 3), "inference_repeats": repeats,
-        "parameters": _param_counts(model),
-        "sgmn": {k: config["sgmn"][k] for k in ("te", "tmc", "gci", "smf")},
+        "per_query_ms": round(per_query_ms, 3), "gallery": gallery,
+        "parameters": _param_counts(model), "method": config["method"],
+        "switches": config[config["method"]],
     }
 
 
@@ -171,12 +182,28 @@ def run_isolated(*args) -> dict:
     return result
 
 
+def method_variants(variants_path=VARIANTS_PATH) -> list[str]:
+    """One variant per registered method (Table 3's rows): the variant named after the method,
+    else the one reproducing a Table 1 row, else its first variant."""
+    from sgmn.config import load_variants
+    from sgmn.models.registry import method_names
+    rows = load_variants(variants_path)
+    out = []
+    for name in method_names():
+        mine = [v for v, r in rows.items() if (r.get("overrides") or {}).get("method", "sgmn") == name]
+        table1 = [v for v in mine if any(int(p["table"]) == 1 for p in rows[v].get("paper") or [])]
+        pick = name if name in mine else (table1 or mine or [None])[0]
+        if pick is not None:
+            out.append(pick)
+    return out
+
+
 def bench_scale(scale: str, device: str = "auto", steps: int = 5, repeats: int = 20, threads: int = 2,
-                variants=VARIANTS, isolated: bool = True) -> dict:
+                variants=VARIANTS, isolated: bool = True, gallery: int = GALLERY, train: bool = True) -> dict:
     run = run_isolated if isolated else run_case
-    cases = {v: run(scale, v, device, steps, repeats, threads) for v in variants}
+    cases = {v: run(scale, v, device, steps, repeats, threads, gallery, train) for v in variants}
     out = {"scale": scale, "cases": cases, "provenance": provenance(None, None)}
-    if {"gra_only", "sgmn"} <= set(cases):
+    if train and {"gra_only", "sgmn"} <= set(cases):
         full, gra = cases["sgmn"], cases["gra_only"]
         out["sgmn_over_gra"] = {
             "train_step": round(full["train_step_ms"] / gra["train_step_ms"], 3),

@@ -185,9 +185,9 @@ def cmd_summarize(args) -> None:
 
 
 def cmd_tables(args) -> None:
-    """The paper's Tables 1, 5, 6, 7 from the runs, beside the published numbers, with paired tests."""
+    """The paper's Tables 1 and 3-7 from the runs and the bench, beside the published numbers."""
     from sgmn import config as cfg
-    from sgmn.evaluate.tables import build_tables, write_tables
+    from sgmn.evaluate.tables import build_table3, build_tables, write_tables
     from sgmn.io import provenance
     if (args.config is None) == (args.config_json is None):
         raise SystemExit("tables needs exactly one of --config (YAML) or --config-json")
@@ -209,6 +209,8 @@ def cmd_tables(args) -> None:
     variants = {v: every[v] for v in conf["variants"]}
     seeds = {v: conf["seeds_by_variant"].get(v, conf["seeds"]) for v in variants}
     tables = build_tables(args.runs, variants, seeds, paper_dir=args.paper_dir)
+    bench = sorted(Path(args.bench).glob("methods_*.json")) if args.bench else []
+    tables["table3"] = build_table3(bench, every, paper_dir=args.paper_dir)
     prov = provenance(conf, None)
     prov.update({"runs": str(args.runs), "seeds": seeds,
                  "variants_file": str(args.variants_file or conf["variants_file"])})
@@ -270,16 +272,20 @@ def cmd_probes(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from sgmn.bench import SCALES, VARIANTS as BENCH_VARIANTS, bench_scale
+    from sgmn.bench import SCALES, VARIANTS as BENCH_VARIANTS, bench_scale, method_variants
     from sgmn.io import write_json
+    if args.methods and args.variant:
+        raise SystemExit("bench: give --methods all or --variant, not both")
+    variants = tuple(method_variants() if args.methods else (args.variant or BENCH_VARIANTS))
+    prefix = "methods" if args.methods else "sgmn"
     for scale in args.scale or list(SCALES):
-        result = bench_scale(scale, args.device, args.steps, args.repeats, args.threads,
-                             tuple(args.variant or BENCH_VARIANTS))
+        result = bench_scale(scale, args.device, args.steps, args.repeats, args.threads, variants,
+                             gallery=args.gallery, train=not args.inference_only)
         device = next(iter(result["cases"].values()))["device"].split(":")[0]
-        path = Path(args.out) / f"sgmn_{scale}_{device}.json"
+        path = Path(args.out) / f"{prefix}_{scale}_{device}.json"
         write_json(result, path)
         print(json.dumps({"file": str(path), **{v: {k: c[k] for k in ("train_step_ms", "peak_memory_mb",
-                                                                           "query_clip_ms")}
+                                                                           "query_clip_ms", "per_query_ms")}
                                                   for v, c in result["cases"].items()},
                           "sgmn_over_gra": result.get("sgmn_over_gra")}, indent=1))
 
@@ -388,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="config YAML (seeds, seeds_by_variant, variants)")
     s.add_argument("--config-json", help="the same config as JSON (used by the DAG)")
     s.add_argument("--variants-file", help="variants file with the paper rows (default: the config's variants_file)")
+    s.add_argument("--bench", help="directory of `sgmn bench --methods all` JSON files (Table 3); without it Table 3 lists the published rows only")
     s.add_argument("--paper-dir", help="published tables (default: the repository's workflow/paper)")
     s.add_argument("--out", required=True, help="output directory: table{n}.csv, paired_tests.csv, tables.md")
     s.set_defaults(func=cmd_tables)
@@ -431,7 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
     s.add_argument("--repeats", type=int, default=20, help="timed inference repeats")
     s.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    s.add_argument("--out", default="results/bench", help="directory of the JSON files")
+    s.add_argument("--methods", choices=["all"], help="one variant per registered method (Table 3's rows)")
+    s.add_argument("--inference-only", action="store_true", help="skip the train step (Table 3 needs inference only)")
+    s.add_argument("--gallery", type=int, default=600, help="shop images each query is scored against (default 600, LPR4M's per-live gallery)")
+    s.add_argument("--out", default="results/bench", help="directory of the JSON files ({sgmn|methods}_{scale}_{device}.json)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("diagnose", help="what each SGMN loss sends into the shared encoder (gradient shares, TMC residual)")

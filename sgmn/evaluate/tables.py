@@ -407,6 +407,68 @@ def build_table4(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable |
     return table, tests
 
 
+TABLE3_COLUMNS = ["table", "row_id", "method", "variant", "scale", "device", "device_name", "threads",
+                  "num_frames", "image_size", "gallery", "time_ms", "params_m", "params_all_m",
+                  "time_vs_sgmn", "time_ms_paper", "params_m_paper", "time_vs_sgmn_paper"]
+
+
+def build_table3(bench_files: Iterable, variants: Mapping[str, Mapping], paper_dir=None) -> pd.DataFrame:
+    """Table 3 (inference time per query and parameters) from `sgmn bench --methods all` JSON
+    files: one row per (published row, bench scale). A bench case belongs to the Table 3 row its
+    variant reproduces in Table 1 (Table 3 lists Table 1's methods). time_ms: encoding one query
+    clip (batch 1, L frames) and scoring it against a gallery encoded once, median of repeats;
+    params_m: parameters used at inference (training-only heads left out), in millions;
+    time_vs_sgmn: the row's time over SGMN's at the same scale, ours and the paper's. Detection
+    and tracking are not timed (the paper's two-stage rows include them)."""
+    pub = load_table(3, paper_dir)
+    pub = pub[pub["dataset"] == "lpr4m"]
+    paper = {(r, m): v for r, m, v in zip(pub["row_id"], pub["metric"], pub["value"])}
+    row_of = {v: row for row, vs in reproducers(variants, 1).items() for v in vs}
+    cases = []
+    for path in bench_files:
+        data = json.loads(Path(path).read_text())
+        for variant, c in data["cases"].items():
+            if variant in row_of:
+                cases.append({"row_id": row_of[variant], "variant": variant, **c})
+    rows = []
+    scales = sorted({c["scale"] for c in cases}) or [None]
+    for row_id in dict.fromkeys(pub["row_id"]):
+        method = pub.loc[pub["row_id"] == row_id, "method"].iloc[0]
+        for scale in scales:
+            mine = [c for c in cases if c["row_id"] == row_id and c["scale"] == scale]
+            sgmn = [c for c in cases if c["row_id"] == "sgmn" and c["scale"] == scale]
+            c = mine[0] if mine else {}
+            rec = {"table": 3, "row_id": row_id, "method": method, "variant": c.get("variant"),
+                   "scale": scale, "device": c.get("device"), "device_name": c.get("device_name"),
+                   "threads": c.get("threads"), "num_frames": c.get("num_frames"),
+                   "image_size": c.get("image_size"), "gallery": c.get("gallery"),
+                   "time_ms": c.get("per_query_ms", math.nan),
+                   "params_m": c["parameters"]["inference"] / 1e6 if c else math.nan,
+                   "params_all_m": c["parameters"]["all"] / 1e6 if c else math.nan,
+                   "time_ms_paper": paper.get((row_id, "time_ms"), math.nan),
+                   "params_m_paper": paper.get((row_id, "params_m"), math.nan)}
+            rec["time_vs_sgmn"] = rec["time_ms"] / sgmn[0]["per_query_ms"] if c and sgmn else math.nan
+            rec["time_vs_sgmn_paper"] = rec["time_ms_paper"] / paper.get(("sgmn", "time_ms"), math.nan)
+            rows.append(rec)
+    return pd.DataFrame(rows, columns=TABLE3_COLUMNS)
+
+
+def table3_markdown(df: pd.DataFrame) -> list[str]:
+    shown = pd.DataFrame({
+        "row": df["row_id"], "variant": df["variant"].fillna("–"), "scale": df["scale"].fillna("–"),
+        "ms / query": df["time_ms"].map(lambda x: _num(x, ".2f")), "x SGMN": df["time_vs_sgmn"].map(lambda x: _num(x, ".2f")),
+        "params (M)": df["params_m"].map(lambda x: _num(x, ".2f")),
+        "paper ms": df["time_ms_paper"].map(_num), "paper x SGMN": df["time_vs_sgmn_paper"].map(lambda x: _num(x, ".2f")),
+        "paper params (M)": df["params_m_paper"].map(_num)})
+    devices = ", ".join(sorted({f"{d} ({n}, {int(t)} threads)" for d, n, t in
+                                zip(df["device"], df["device_name"], df["threads"]) if isinstance(d, str)}))
+    return ["## Table 3", "", "Inference per query: one clip encoded (batch 1) and scored against a "
+            "gallery encoded once; median of repeats, on " + (devices or "–") + ". Parameters: those "
+            "used at inference. Detection and tracking are not timed (the paper's AsymNet and SEAM "
+            "times include them); compare ratios, not milliseconds (the paper's: a Tesla T4).", "",
+            shown.to_markdown(index=False, disable_numparse=True), ""]
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +532,9 @@ def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", 
         n = int(key[5:])
         if n == 4:
             lines += table4_markdown(df)
+            continue
+        if n == 3:
+            lines += table3_markdown(df)
             continue
         switches = list(SWITCH_COLUMNS.get(("sgmn", n), {}))
         shown = pd.DataFrame({"row": df["row_id"], "variant": df["variant"].fillna("–")})

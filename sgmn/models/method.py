@@ -27,6 +27,8 @@ class RetrievalMethod(nn.Module):
 
     name = "method"
     uses_text = False
+    # submodules that only shape training (left out of the inference parameter count)
+    training_only: tuple[str, ...] = ()
 
     def __init__(self):
         super().__init__()

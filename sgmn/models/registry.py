@@ -10,7 +10,7 @@ import importlib
 
 from sgmn.models.method import RetrievalMethod
 
-METHODS: dict[str, str] = {
+METHODS: dict[str, str | type] = {
     "sgmn": "sgmn.models.sgmn:SGMN",
     "rice": "baselines.rice:RICE",
 }
@@ -22,15 +22,17 @@ def method_names() -> list[str]:
 
 def register(name: str, target: str | type) -> None:
     """Register a method: `target` is a RetrievalMethod subclass or its "module:Class" path."""
-    METHODS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+    METHODS[name] = target
 
 
 def get_method(name: str) -> type[RetrievalMethod]:
     """The class registered under `name`; an unknown name lists the known ones."""
     if name not in METHODS:
         raise KeyError(f"unknown method '{name}' (registered: {', '.join(method_names())})")
-    module, _, attr = METHODS[name].partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    cls = METHODS[name]
+    if isinstance(cls, str):
+        module, _, attr = cls.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
     if not (isinstance(cls, type) and issubclass(cls, RetrievalMethod)):
         raise TypeError(f"method '{name}' ({METHODS[name]}) is not a RetrievalMethod subclass")
     return cls

@@ -98,6 +98,7 @@ def official_init_(module: nn.Module) -> None:
 
 class SGMN(RetrievalMethod):
     name = "sgmn"
+    training_only = ("gci", "smf")   # GCI and SMF only shape training (Sec. 3.5)
 
     def __init__(self, visual: nn.Module, cfg: SGMNConfig | dict, num_frames: int, batch_size: int,
                  margin: float = 0.2, text_dim: int | None = None, clip_text: dict | None = None):

@@ -61,7 +61,8 @@ rule tables:
     input:
         metrics=get_run_metrics,
         per_query=get_run_per_query,
-        paper=expand(os.path.join(PAPER_DIR, "table{n}.csv"), n=(1, 4, 5, 6, 7)),
+        paper=expand(os.path.join(PAPER_DIR, "table{n}.csv"), n=(1, 3, 4, 5, 6, 7)),
+        bench="results/{ds}/bench",
     output:
         directory("results/{ds}/tables"),
     params:
@@ -83,4 +84,25 @@ rule tables:
         "../envs/tables.yaml"
     shell:
         "sgmn tables --runs {params.runs} --config-json {params.config:q} --variants-file {params.variants_file:q}"
-        " --paper-dir {params.paper_dir:q} --out {output} > {log} 2>&1"
+        " --paper-dir {params.paper_dir:q} --bench {input.bench} --out {output} > {log} 2>&1"
+
+
+rule bench_methods:
+    """Table 3's measurements: per-query inference time and parameters of every registered
+    method at the tiny (CPU default) and the paper's (ViT-B/32, 224 px, 10 frames) shapes. It
+    takes both cores, so no other job disturbs the timing."""
+    output:
+        directory("results/{ds}/bench"),
+    log:
+        "logs/bench_methods/{ds}.log",
+    benchmark:
+        "benchmarks/bench_methods/{ds}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        "../envs/sgmn.yaml"
+    shell:
+        "sgmn bench --methods all --inference-only --scale tiny --scale vitb32 --repeats 7"
+        " --threads {threads} --out {output} > {log} 2>&1"
