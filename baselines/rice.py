@@ -26,8 +26,9 @@ embeddings (the official `get_feature` averages unnormalised ones, base_task.py:
 
 RICE_box (`rice.box`, Table 4): RICE crops each frame to the intended product's box found by a
 DAB-DETR / TransVOD Lite detector (supplementary section 2). Here the detector is emulated: the
-annotated intended-product boxes of the batch (`target_box`, `target_present`) stand in for its
-detections.
+annotated intended-product box of each frame, moved and resized as a detector would
+(`target_box`, `target_present`; sgmn.data.datasets.detector_boxes: IoU 0.73-0.90 with the
+annotation), stands in for its detections.
 
 RICE_text (`rice.te`): SGMN's text branch (filtered ASR / title features joined with weight
 lambda_text) for a text-fair comparison; RICE itself is vision-only.

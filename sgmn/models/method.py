@@ -5,9 +5,10 @@ new method needs no change outside its own module and one registry line (sgmn.mo
 
 Batches are dicts of tensors (sgmn.data.datasets builds them):
 - a clip batch: `frames` (B, L, 3, S, S), `frame_mask` (B, L) bool; with text, `asr_feat`
-  (B, Dt) and `asr_present` (B,); and the intended product's box per frame, `target_box`
-  (B, L, 4) normalised [x1, y1, x2, y2] with `target_present` (B, L) bool, plus every annotated
-  box, `boxes` (B, L, MAX_BOXES, 4) with `box_counts` (B, L);
+  (B, Dt) and `asr_present` (B,); the intended product's box per frame as an emulated detector
+  finds it, `target_box` (B, L, 4) normalised [x1, y1, x2, y2] with `target_present` (B, L)
+  bool (sgmn.data.datasets.detector_boxes), and every annotated box, `boxes`
+  (B, L, MAX_BOXES, 4) with `box_counts` (B, L);
 - an image batch: `image` (B, 3, S, S); with text, `title_feat` and `title_present`;
 - a training batch: both, plus `product` (B,) labels (several clips of one product share one).
 """
