@@ -253,8 +253,8 @@ def test_probes_dag_shape(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     counts = _job_counts(run.stdout)
     assert counts == {"probe_resolve_config": 8, "probe_synth": 18, "synth": 1, "pretrain_clip": 1,
-                      "probe_text_features": 3, "probe_train": 108, "probe_evaluate": 108,
-                      "probe_table": 1, "probes": 1, "total": 249}, counts
+                      "probe_frame_store": 18, "probe_text_features": 3, "probe_train": 108,
+                      "probe_evaluate": 108, "probe_table": 1, "probes": 1, "total": 267}, counts
     assert "results/lpr_synth/probes/te/asr-none/text" in run.stdout
     assert "results/lpr_synth/clip/pretrained.pt" in run.stdout  # the main DAG's CLIP
     assert "figures/probes/smf.pdf" in run.stdout

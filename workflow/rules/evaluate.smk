@@ -103,6 +103,10 @@ rule bench_methods:
         runtime=30,
     conda:
         "../envs/sgmn.yaml"
+    params:
+        scales=lambda wc: " ".join(f"--scale {s}" for s in config["bench"]["scales"]),
+        repeats=config["bench"]["repeats"],
+        device=config["bench"]["device"],
     shell:
-        "sgmn bench --methods all --inference-only --scale tiny --scale vitb32 --repeats 7"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        "sgmn bench --methods all --inference-only {params.scales} --repeats {params.repeats}"
+        " --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
