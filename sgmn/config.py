@@ -19,7 +19,8 @@ from sgmn.data.jsonfile import DuplicateKey, no_duplicate_keys
 from sgmn.fidelity import apply_fidelity
 
 from sgmn.paths import REPO_ROOT, SCHEMA_PATH, VARIANTS_PATH  # noqa: F401  (re-exported)
-RUN_MATRIX_KEYS = ("variants", "seeds", "seeds_by_variant", "variants_file", "probes", "curves")  # the DAG's keys, not one run's config
+RUN_MATRIX_KEYS = ("variants", "seeds", "seeds_by_variant", "variants_file", "probes", "curves",
+                   "bench")  # the DAG's keys, not one run's config
 
 
 class ConfigError(ValueError):
