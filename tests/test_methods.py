@@ -18,6 +18,13 @@ METHOD_CONFIGS = {
     "rice_patch": {"method": "rice"},
     "rice_box": {"method": "rice", "rice": {"box": True}},
     "rice_text": {"method": "rice", "rice": {"te": True}},
+    "fashionnet": {"method": "fashionnet"},
+    "asymnet": {"method": "asymnet"},
+    "seam": {"method": "seam"},
+    "timesformer": {"method": "timesformer"},
+    "nvan": {"method": "nvan"},
+    "swinb": {"method": "swinb"},
+    "mgh": {"method": "mgh"},
 }
 
 

@@ -79,7 +79,8 @@ def detector_boxes(boxes: torch.Tensor, frames: torch.Tensor, n_frames: int, key
 def clip_boxes(clip: Clip, index: torch.Tensor, mask: torch.Tensor) -> dict:
     """The sampled frames' annotated boxes (`boxes`, `box_counts`) and the intended product's box
     per frame as the emulated detector finds it (`target_box` (L, 4), `target_present` (L,);
-    detector_boxes), normalised [x1, y1, x2, y2]."""
+    detector_boxes), normalised [x1, y1, x2, y2]; `target_index` (L,) is that box's position
+    among `boxes` (-1: not in view), the tracker's identity for the two-stage baselines."""
     pixel = None
     if clip.extra.get("pixel_boxes") and mask.any():
         pixel = read_image(clip.frame_paths[int(index[mask][0])]).shape[1::-1]
@@ -90,7 +91,7 @@ def clip_boxes(clip: Clip, index: torch.Tensor, mask: torch.Tensor) -> dict:
     n = len(clip.frame_boxes) if clip.frame_boxes is not None else 0
     box = detector_boxes(box, index, n, clip.video_id)
     return {"boxes": boxes, "box_counts": counts, "target_box": box * present.unsqueeze(1),
-            "target_present": present}
+            "target_present": present, "target_index": target}
 
 
 class ClipPairDataset(Dataset):

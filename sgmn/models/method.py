@@ -8,9 +8,11 @@ Batches are dicts of tensors (sgmn.data.datasets builds them):
   (B, Dt) and `asr_present` (B,); the intended product's box per frame as an emulated detector
   finds it, `target_box` (B, L, 4) normalised [x1, y1, x2, y2] with `target_present` (B, L)
   bool (sgmn.data.datasets.detector_boxes), and every annotated box, `boxes`
-  (B, L, MAX_BOXES, 4) with `box_counts` (B, L);
+  (B, L, MAX_BOXES, 4) with `box_counts` (B, L) and the intended product's position among them,
+  `target_index` (B, L) (-1 where it is not in view; the others are distractors);
 - an image batch: `image` (B, 3, S, S); with text, `title_feat` and `title_present`;
-- a training batch: both, plus `product` (B,) labels (several clips of one product share one).
+- a training batch: both, plus `product` (B,) labels (several clips of one product share one)
+  and `step`, the optimiser step (for methods that train in phases).
 """
 from __future__ import annotations
 

@@ -13,6 +13,13 @@ from sgmn.models.method import RetrievalMethod
 METHODS: dict[str, str | type] = {
     "sgmn": "sgmn.models.sgmn:SGMN",
     "rice": "baselines.rice:RICE",
+    "fashionnet": "baselines.fashionnet:FashionNet",
+    "asymnet": "baselines.asymnet:AsymNet",
+    "seam": "baselines.seam:SEAM",
+    "timesformer": "baselines.timesformer:TimeSformer",
+    "nvan": "baselines.nvan:NVAN",
+    "swinb": "baselines.swinb:VideoSwin",
+    "mgh": "baselines.mgh:MGH",
 }
 
 
