@@ -101,7 +101,7 @@ def cmd_train(args) -> None:
             log.warning("train.processes is %d but %d process(es) run: the global batch and the "
                         "results are the same, only the speed differs", processes, world_size)
         final = train_run(config, args.seed, args.data, args.clip_weights, args.out, args.text_features,
-                          args.frame_store)
+                          args.frame_store, args.init_checkpoint)
     finally:
         distributed.shutdown()
     log.info("wrote %s", final)
@@ -158,12 +158,13 @@ def cmd_evaluate(args) -> None:
              metrics["chance"]["R@1"])
 
 
-FRAME_STORE_HELP = "decoded frames of --data (`sgmn frame-store`); default: decode the JPEG files"
+FRAME_STORE_HELP = "decoded frames of --data (`sgmn frame-store`); default: decode the files"
 
 
 def cmd_frame_store(args) -> None:
     from sgmn.data.frame_store import build
-    log.info("wrote %s", build(args.data, args.size, args.out))
+    fmt = args.format or detect_format(Path(args.data))
+    log.info("wrote %s", build(args.data, args.size, args.out, fmt, args.num_frames))
 
 
 def cmd_summarize(args) -> None:
@@ -187,6 +188,8 @@ def cmd_summarize(args) -> None:
 def cmd_tables(args) -> None:
     """The paper's Tables 1 and 3-7 from the runs and the bench, beside the published numbers."""
     from sgmn import config as cfg
+    import pandas as pd
+
     from sgmn.evaluate.tables import build_table3, build_tables, write_tables
     from sgmn.io import provenance
     if (args.config is None) == (args.config_json is None):
@@ -209,6 +212,14 @@ def cmd_tables(args) -> None:
     variants = {v: every[v] for v in conf["variants"]}
     seeds = {v: conf["seeds_by_variant"].get(v, conf["seeds"]) for v in variants}
     tables = build_tables(args.runs, variants, seeds, paper_dir=args.paper_dir)
+    if args.table2_runs:
+        t2 = conf["table2"]
+        t2_variants = {v: every[v] for v in t2["variants"] if v in every}
+        table2 = build_tables(args.table2_runs, t2_variants, {v: t2["seeds"] for v in t2_variants},
+                              paper_dir=args.paper_dir, tables=(2,), with_table4=False)
+        tables["table2"] = table2["table2"]
+        for key in ("paired_tests", "ordering"):
+            tables[key] = pd.concat([tables[key], table2[key]], ignore_index=True)
     bench = sorted(Path(args.bench).glob("methods_*.json")) if args.bench else []
     tables["table3"] = build_table3(bench, every, paper_dir=args.paper_dir)
     prov = provenance(conf, None)
@@ -362,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory (final.pt, train_log.jsonl, params.json)")
     s.add_argument("--text-features", help="text feature cache (the text_features step); needed when the method's te is on")
     s.add_argument("--frame-store", help=FRAME_STORE_HELP)
+    s.add_argument("--init-checkpoint", help="another run's final.pt to start from (fine-tuning; same architecture)")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_train)
 
@@ -378,9 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("frame-store", help="decode every frame and image of an LPR4M root once (uint8, memory-mapped)")
-    s.add_argument("--data", required=True, help="dataset root (LPR4M layout)")
+    s = sub.add_parser("frame-store", help="decode every frame, video and image of a dataset root once (uint8, memory-mapped)")
+    s.add_argument("--data", required=True, help="dataset root (LPR4M or MovingFashion layout)")
+    s.add_argument("--format", choices=["lpr4m", "movingfashion"], help="default: detected from --data")
     s.add_argument("--size", type=int, required=True, help="side in pixels: the model's model.image_size")
+    s.add_argument("--num-frames", type=int, default=8, help="frames kept per video: the model's model.num_frames (videos only)")
     s.add_argument("--out", required=True, help="store directory (pixels.npy, index.json)")
     s.set_defaults(func=cmd_frame_store)
 
@@ -396,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--variants-file", help="variants file with the paper rows (default: the config's variants_file)")
     s.add_argument("--bench", help="directory of `sgmn bench --methods all` JSON files (Table 3); without it Table 3 lists the published rows only")
     s.add_argument("--paper-dir", help="published tables (default: the repository's workflow/paper)")
+    s.add_argument("--table2-runs", help="runs of Table 2's dataset (config table2: its variants and seeds)")
     s.add_argument("--out", required=True, help="output directory: table{n}.csv, paired_tests.csv, tables.md")
     s.set_defaults(func=cmd_tables)
 

@@ -20,7 +20,7 @@ from sgmn.fidelity import apply_fidelity
 
 from sgmn.paths import REPO_ROOT, SCHEMA_PATH, VARIANTS_PATH  # noqa: F401  (re-exported)
 RUN_MATRIX_KEYS = ("variants", "seeds", "seeds_by_variant", "variants_file", "probes", "curves",
-                   "bench")  # the DAG's keys, not one run's config
+                   "bench", "table2")  # the DAG's keys, not one run's config
 
 
 class ConfigError(ValueError):
@@ -263,9 +263,35 @@ def resolve_variant(config: dict, variant: str, variants: dict[str, dict] | None
     merged.pop("variants", None)
     merged.pop("seeds", None)
     resolved = apply_fidelity(validate(merged, f"{variants_path} (variant '{variant}')"))
-    resolved = without_run_matrix(resolved)
+    resolved = without_other_methods(without_run_matrix(resolved))
     resolved["variant"] = variant
     return resolved
+
+
+def without_other_methods(config: dict) -> dict:
+    """The config without the sections of the methods it does not run (a run's config holds its
+    own method's keys only, so adding a method's keys to the schema reruns no other method)."""
+    methods = load_schema()["properties"]["method"]["enum"]
+    return {k: v for k, v in config.items() if k not in methods or k == config.get("method", "sgmn")}
+
+
+def table2_config(config: dict) -> dict | None:
+    """The base config of Table 2's dataset (None when `table2.enabled` is off): the main config
+    with `table2.overrides` merged in, `table2.dataset` in place of `dataset`, and Table 2's
+    variants and seeds as its run matrix; validated like any base config."""
+    t2 = config.get("table2") or {}
+    if not t2.get("enabled"):
+        return None
+    base = {k: v for k, v in config.items() if k not in RUN_MATRIX_KEYS or k == "variants_file"}
+    merged = deep_merge(base, t2.get("overrides") or {})
+    merged.update(dataset=t2["dataset"], variants=list(t2["variants"]), seeds=list(t2["seeds"]))
+    if merged["dataset"]["name"] == config["dataset"]["name"]:
+        raise ConfigError(f"table2.dataset.name '{merged['dataset']['name']}' is the main dataset's name; "
+                          "Table 2's results need a directory of their own")
+    for role in ("zero_shot", "finetune"):
+        if t2[role]["variant"] not in merged["variants"]:
+            raise ConfigError(f"table2.{role}.variant '{t2[role]['variant']}' is not in table2.variants")
+    return validate(merged, "table2 (the main config with table2.overrides and table2.dataset)")
 
 
 def strip_run_keys(config: dict) -> dict:

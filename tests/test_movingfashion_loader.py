@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from sgmn.data import movingfashion
 from sgmn.data.datasets import ClipPairDataset, QueryDataset
-from sgmn.data.frames import FrameReadError
+from sgmn.data.frames import FrameReadError, read_video, sample_indices
 from sgmn.data.records import AnnotationError
 from sgmn.evaluate.run import build_queries, metrics_from_scores
 
@@ -18,6 +19,34 @@ def test_training_pairs_decode_mp4(mf_data):
     item = ClipPairDataset(clips, num_frames=6, image_size=64)[0]
     assert item["frames"].shape == (6, 3, 64, 64) and item["frame_mask"].all()
     assert item["asr"] == "" and item["title"] == ""
+
+
+def test_tracklets_become_the_detector_track(mf_data):
+    """A tracklet's box of a sampled frame is that frame's (only, target) box; frames the
+    tracklet skips have none (json written by hand below, so the expected boxes are known)."""
+    index = json.loads((mf_data / "train.json").read_text())
+    pid, entry = next((p, e) for p, e in index.items() if e.get("tracklets"))
+    vp = entry["video_paths"][0]
+    track = entry["tracklets"][vp]
+    clip = next(c for c in movingfashion.read_training(mf_data) if c.video_id == Path(vp).stem)
+    assert len(clip.frame_boxes) == max(int(t) for t in track) + 1
+    for t, box in track.items():
+        assert clip.frame_boxes[int(t)] == [box]
+    item = ClipPairDataset([clip], num_frames=4, image_size=64)[0]
+    shown = sample_indices(read_video(clip.video_path, 4)[1], 4).tolist()   # the sampled frames
+    expected_present = [str(i) in track for i in shown]
+    assert item["target_present"][: len(shown)].tolist() == expected_present
+    assert (item["target_index"][: len(shown)] == torch.tensor([0 if p else -1 for p in expected_present])).all()
+    for t, i in enumerate(shown):
+        if str(i) in track:
+            assert item["boxes"][t, 0].tolist() == pytest.approx(track[str(i)], abs=1e-6)
+
+
+def test_a_malformed_tracklet_names_the_file(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps({"p1": {"img_path": "imgs/p1.jpg", "video_paths": ["videos/a.mp4"],
+                                                            "tracklets": {"videos/a.mp4": {"0": [0.1, 0.2]}}}}))
+    with pytest.raises(AnnotationError, match="train.json.*tracklet of videos/a.mp4"):
+        movingfashion.read_training(tmp_path)
 
 
 def test_global_gallery_and_several_ground_truths(mf_data):

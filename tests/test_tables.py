@@ -158,7 +158,7 @@ def _row(df, row_id):
 
 def test_build_tables_measured_published_and_deltas(runs):
     tables = build_tables(runs, VARIANTS, SEEDS)
-    assert set(tables) == {"table1", "table4", "table5", "table6", "table7", "paired_tests"}
+    assert set(tables) == {"table1", "table4", "table5", "table6", "table7", "paired_tests", "ordering"}
     t7 = tables["table7"]
     assert list(t7["row_id"]) == ["A", "B", "C", "D", "E"]
     a = _row(t7, "A")
@@ -196,7 +196,8 @@ def test_build_tables_measured_published_and_deltas(runs):
     assert wo["R@1_delta"] == pytest.approx(60.0 - 38.7)
     assert pd.isna(_row(t1, "rice")["variant"]) and math.isnan(_row(t1, "rice")["R@1"])
     # a variant without a published row appears nowhere
-    assert not any((t["variant"] == "clip_zeroshot").any() for k, t in tables.items() if k != "paired_tests")
+    assert not any((t["variant"] == "clip_zeroshot").any() for k, t in tables.items()
+                   if k not in ("paired_tests", "ordering"))
 
 
 def test_build_tables_paired_tests(runs):
@@ -230,6 +231,63 @@ def test_build_tables_paired_tests(runs):
     assert t1["p_mcnemar"] == pytest.approx(stats.binomtest(2, 2, 0.5).pvalue)
 
 
+# Table 1 with more rows: sgmn against every row with runs, and the ordering against the paper.
+# Paper R@1 (workflow/paper/table1.csv): fashionnet 13.4 < asymnet 22.0 < rice 33.0 < sgmn 43.4.
+T1_VARIANTS = {"fashionnet": {"paper": [{"table": 1, "row": "fashionnet"}]},
+               "asymnet": {"paper": [{"table": 1, "row": "asymnet"}]},
+               "rice_box": {"paper": [{"table": 1, "row": "rice"}]},
+               "sgmn": {"paper": [{"table": 1, "row": "sgmn"}]}}
+T1_HITS = {"fashionnet": range(0, 3), "asymnet": range(0, 2), "rice_box": range(0, 5), "sgmn": range(0, 8)}
+
+
+def _write_runs(root, hits_by_variant, seeds=(0,)):
+    for variant, hits in hits_by_variant.items():
+        for seed in seeds:
+            d = root / variant / f"seed{seed}"
+            d.mkdir(parents=True)
+            table = per_query(hits)
+            r1 = 100.0 * table["hit@1"].mean()
+            (d / "metrics.json").write_text(json.dumps({"overall": {"R@1": r1, "R@5": r1, "R@10": r1, "n": N_Q}}))
+            table.to_parquet(d / "per_query.parquet", index=False)
+    return root
+
+
+def test_table1_tests_sgmn_against_every_row_and_orders_the_rows(tmp_path):
+    runs = _write_runs(tmp_path / "runs", T1_HITS, seeds=(0, 1))
+    tables = build_tables(runs, T1_VARIANTS, lambda v: [0, 1], tables=(1,), with_table4=False)
+    assert set(tables) == {"table1", "paired_tests", "ordering"}
+    tests = tables["paired_tests"].set_index("comparison")
+    assert sorted(tests.index) == ["sgmn vs asymnet", "sgmn vs fashionnet", "sgmn vs rice"]
+    assert tests.loc["sgmn vs rice", "diff"] == pytest.approx(30.0)   # 80% - 50% on both seeds
+    assert tests.loc["sgmn vs asymnet", "paper_diff"] == pytest.approx(43.4 - 22.0)
+    order = tables["ordering"].iloc[0]
+    # ours: sgmn 80 > rice 50 > fashionnet 30 > asymnet 20; the paper swaps fashionnet and asymnet.
+    # Kendall tau over 4 rows with one discordant pair of 6: (5 - 1) / 6
+    assert order["table"] == 1 and order["n_rows"] == 4
+    assert order["kendall_tau"] == pytest.approx(4 / 6)
+    assert order["ours"] == "sgmn > rice > fashionnet > asymnet"
+    assert order["paper"] == "sgmn > rice > asymnet > fashionnet"
+    assert order["disagree"] == "fashionnet,asymnet"
+    assert "## Row ordering against the paper" in to_markdown(tables)
+
+
+def test_table2_reads_the_movingfashion_rows(tmp_path):
+    variants = {"nvan": {"paper": [{"table": 2, "row": "nvan"}]},
+                "sgmn_wo_finetune": {"paper": [{"table": 2, "row": "sgmn_wo_finetune"}]},
+                "sgmn": {"paper": [{"table": 2, "row": "sgmn"}]}}
+    runs = _write_runs(tmp_path / "runs", {"nvan": range(0, 4), "sgmn_wo_finetune": range(0, 2), "sgmn": range(0, 9)})
+    tables = build_tables(runs, variants, lambda v: [0], tables=(2,), with_table4=False)
+    t2 = tables["table2"]
+    # every MovingFashion row of workflow/paper/table2.csv, none of Table 1's LPR4M rows
+    assert list(t2["row_id"]) == ["nvan", "mgh", "asymnet", "seam", "rice", "sgmn_wo_finetune", "sgmn"]
+    assert _row(t2, "sgmn")["R@1_paper"] == pytest.approx(77.8) and _row(t2, "sgmn")["R@1"] == pytest.approx(90.0)
+    assert _row(t2, "nvan")["R@1_paper"] == pytest.approx(38.0)
+    assert sorted(tables["paired_tests"]["comparison"]) == ["sgmn vs nvan", "sgmn vs sgmn_wo_finetune"]
+    order = tables["ordering"].iloc[0]
+    # ours sgmn 90 > nvan 40 > wo_finetune 20; paper sgmn 77.8 > wo_finetune 43.1 > nvan 38.0: tau 1/3
+    assert order["kendall_tau"] == pytest.approx(1 / 3) and order["disagree"] == "nvan,sgmn_wo_finetune"
+
+
 @pytest.mark.parametrize("diff, lo, hi, paper, expected", [
     (3.0, 1.0, 5.0, 2.0, "agrees"), (-3.0, -5.0, -1.0, 2.0, "opposite"), (1.0, -1.0, 3.0, 2.0, "n.s."),
     (-2.0, -3.0, -1.0, -0.5, "agrees"), (1.0, 0.5, 2.0, math.nan, "–"), (1.0, 0.5, 2.0, 0.0, "–")])
@@ -254,7 +312,7 @@ def test_write_tables_and_cli(tmp_path, runs):
     out = tmp_path / "tables"
     write_tables(build_tables(runs, VARIANTS, SEEDS), out)
     assert {p.name for p in out.iterdir()} == {"table1.csv", "table4.csv", "table5.csv", "table6.csv", "table7.csv",
-                                               "paired_tests.csv", "tables.md"}
+                                               "paired_tests.csv", "ordering.csv", "tables.md"}
     md = (out / "tables.md").read_text()
     assert "LPR-Synth numbers, not LPR4M" in md and "orderings" in md
     assert "## Table 7" in md and "## Paired tests" in md and "55.0 ± " in md and "B vs A" in md

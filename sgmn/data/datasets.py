@@ -36,7 +36,7 @@ def boxes_tensor(frame_boxes, index: torch.Tensor, pixel_size: tuple[int, int] |
     if pixel_size is not None:
         frame_boxes = lpr4m.normalise_boxes(frame_boxes, *pixel_size)
     for t, i in enumerate(index.tolist()):
-        if i >= 0 and frame_boxes[i]:
+        if 0 <= i < len(frame_boxes) and frame_boxes[i]:   # a tracklet may end before the video
             b = torch.tensor(frame_boxes[i][:MAX_BOXES], dtype=torch.float32)
             boxes[t, : len(b)], counts[t] = b, len(b)
     return boxes, counts

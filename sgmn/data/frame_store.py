@@ -1,12 +1,17 @@
 """Decoded frames and shop images of a dataset, stored once as uint8 and memory-mapped.
 
-Every training step and every evaluation otherwise decodes the same JPEGs again: on the CPU
-default that is about a fifth of training and a third of evaluation (README, "Where the time
-goes"). `sgmn frame-store` decodes each frame and image of an LPR4M-layout root once, squashes
-it to the model's input size exactly as sgmn.data.frames does, and writes
+Every training step and every evaluation otherwise decodes the same JPEGs (or videos) again: on
+the CPU default that is about a fifth of training and a third of evaluation (README, "Where the
+time goes"); a MovingFashion-layout video costs ~0.1 s per clip. `sgmn frame-store` decodes each
+frame and image of a root once, squashes it to the model's input size exactly as
+sgmn.data.frames does, and writes
 
-    pixels.npy   (N, S, S, 3) uint8, one row per file
-    index.json   {"version", "size", "files": [path relative to the root], "signature"}
+    pixels.npy   (N, S, S, 3) uint8, one row per file (or per sampled video frame)
+    index.json   {"version", "size", "files": [path relative to the root], "signature",
+                  "num_frames", "videos": {video path: [frame count, first row, rows]}}
+
+A video (MovingFashion layout) keeps the `num_frames` frames that sgmn.data.frames samples from
+it (evenly spaced, so always the same ones); a clip read at another L is decoded as before.
 
 The loaders then read rows instead of files, with identical tensors (tests/test_frame_store.py).
 The signature hashes each stored file's path, size and modification time: a store opened
@@ -26,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sgmn.data.frames import FrameReadError, _resized, read_image
+from sgmn.data.frames import FrameReadError, _resized, read_image, read_video
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2  # 2: videos (num_frames, videos)
 
 
 class FrameStoreError(RuntimeError):
@@ -44,49 +49,73 @@ def _signature(root: Path, files: list[str]) -> str:
     return h.hexdigest()
 
 
-def dataset_files(root: str | Path, fmt: str = "lpr4m") -> list[str]:
-    """Every frame and image file the LPR4M loaders can read under `root`, relative, sorted."""
-    if fmt != "lpr4m":
-        raise ValueError(f"a frame store reads the lpr4m layout's JPEG files; {fmt} has videos "
-                         "(decord decodes them already in one call per clip)")
+def dataset_files(root: str | Path, fmt: str = "lpr4m") -> tuple[list[str], list[str]]:
+    """(image files, video files) the loaders can read under `root`, relative, sorted: every
+    frame and shop image of an LPR4M-layout root; MovingFashion's shop images and videos."""
     from sgmn.data.datasets import read_split
     root = Path(root)
     train, test = read_split(root, fmt, "train", "skip"), read_split(root, fmt, "test")
     paths = {p for c in train + test.queries for p in (c.frame_paths or [])}
     paths |= {c.image_path for c in train} | set(test.image_paths.values())
-    return sorted({os.path.relpath(p, root) for p in paths})
+    videos = {c.video_path for c in train + test.queries if c.video_path is not None}
+    rel = lambda ps: sorted({os.path.relpath(p, root) for p in ps})  # noqa: E731
+    return rel(paths), rel(videos)
 
 
-def build(root: str | Path, size: int, out: str | Path, fmt: str = "lpr4m") -> Path:
-    """Decode every file of `root` at `size` into `out` (written to a sibling, then renamed)."""
+def _video_rows(root: Path, videos: list[str], num_frames: int, size: int):
+    """Yield (video, frame count, (k, size, size, 3) sampled frames) or (video, error, None)."""
+    for rel in videos:
+        try:
+            rgb, n = read_video(root / rel, num_frames)
+        except FrameReadError as err:
+            yield rel, str(err), None
+            continue
+        yield rel, n, np.stack([_resized(a, size) for a in rgb])
+
+
+def build(root: str | Path, size: int, out: str | Path, fmt: str = "lpr4m", num_frames: int = 8) -> Path:
+    """Decode every file of `root` at `size` into `out` (written to a sibling, then renamed);
+    videos keep the `num_frames` frames the loaders sample."""
     root, out = Path(root), Path(out)
-    files = dataset_files(root, fmt)
+    files, videos = dataset_files(root, fmt)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    capacity = len(files) + len(videos) * num_frames
     pixels = np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8,
-                                       shape=(len(files), size, size, 3))
-    kept, failed = [], []
-    for rel in tqdm(files, desc="frame store", file=sys.stderr, mininterval=15.0):
+                                       shape=(capacity, size, size, 3))
+    kept, failed, stored_videos, row = [], [], {}, 0
+    for rel in tqdm(files, desc="frame store: images", file=sys.stderr, mininterval=15.0):
         try:
-            pixels[len(kept)] = _resized(read_image(root / rel), size)
+            pixels[row] = _resized(read_image(root / rel), size)
         except FrameReadError as err:
             failed.append(str(err))
             continue
         kept.append(rel)
+        row += 1
+    for rel, n, frames in tqdm(_video_rows(root, videos, num_frames, size), total=len(videos),
+                               desc="frame store: videos", file=sys.stderr, mininterval=15.0):
+        if frames is None:
+            failed.append(n)
+            continue
+        pixels[row: row + len(frames)] = frames
+        stored_videos[rel] = [n, row, len(frames)]
+        row += len(frames)
     pixels.flush()
     del pixels
-    if failed:  # keep only the rows written
+    if row < capacity:  # keep only the rows written
         full = np.load(tmp / "pixels.npy", mmap_mode="r")
-        np.save(tmp / "pixels.part.npy", full[: len(kept)])
+        np.save(tmp / "pixels.part.npy", full[:row])
         del full
         os.replace(tmp / "pixels.part.npy", tmp / "pixels.npy")
-    index = {"version": VERSION, "size": size, "files": kept, "signature": _signature(root, kept),
-             "unreadable": failed}
+    index = {"version": VERSION, "size": size, "files": kept,
+             "signature": _signature(root, kept + sorted(stored_videos)), "unreadable": failed,
+             "num_frames": num_frames, "videos": stored_videos}
     (tmp / "index.json").write_text(json.dumps(index))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    log.info("stored %d files at %d px in %s (%d unreadable, not stored)", len(kept), size, out, len(failed))
+    log.info("stored %d files and %d videos (%d frames each at most) at %d px in %s (%d unreadable, not stored)",
+             len(kept), len(stored_videos), num_frames, size, out, len(failed))
     return out
 
 
@@ -103,8 +132,10 @@ class FrameStore:
         if index.get("version") != VERSION:
             raise FrameStoreError(f"{store}: store version {index.get('version')}, this suite reads "
                                   f"{VERSION}: rebuild it with `sgmn frame-store`")
+        self.videos = index.get("videos", {})
+        self.num_frames = index.get("num_frames")
         try:
-            signature = _signature(self.root, index["files"])
+            signature = _signature(self.root, index["files"] + sorted(self.videos))
         except FileNotFoundError as err:
             raise FrameStoreError(f"{store} does not belong to {root}: {err.filename} is missing") from None
         if signature != index["signature"]:
@@ -115,14 +146,25 @@ class FrameStore:
         self.pixels = np.load(store / "pixels.npy", mmap_mode="r")
         self._prefix = str(self.root) + os.sep
 
+    def _rel(self, path: str | Path) -> str:
+        path = str(path)
+        return path[len(self._prefix):] if path.startswith(self._prefix) else os.path.relpath(path, self.root)
+
     def get(self, path: str | Path, size: int) -> np.ndarray | None:
         """The stored (size, size, 3) uint8 pixels of `path`, or None (not stored, other size)."""
         if size != self.size:
             return None
-        path = str(path)
-        rel = path[len(self._prefix):] if path.startswith(self._prefix) else os.path.relpath(path, self.root)
-        row = self.rows.get(rel)
+        row = self.rows.get(self._rel(path))
         return None if row is None else np.array(self.pixels[row])  # a writable copy
+
+    def get_video(self, path: str | Path, num: int, size: int) -> tuple[np.ndarray, int] | None:
+        """The (k, size, size, 3) frames sampled from a video at L = num and its frame count,
+        or None (not stored, another L or size)."""
+        entry = self.videos.get(self._rel(path))
+        if entry is None or size != self.size or num != self.num_frames:
+            return None
+        n, row, k = entry
+        return np.array(self.pixels[row: row + k]), n
 
 
 def open_store(store: str | Path | None, root: str | Path) -> FrameStore | None:

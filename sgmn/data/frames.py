@@ -87,10 +87,15 @@ def load_clip_frames(frame_paths=None, video_path=None, num: int = 8, size: int 
     mask = torch.zeros(num, dtype=torch.bool)
     index = torch.full((num,), -1, dtype=torch.long)
     if video_path is not None:
-        rgb, n = read_video(video_path, num)
+        stored = store.get_video(video_path, num, size) if store is not None else None
+        if stored is not None:
+            pixels, n = stored
+        else:
+            rgb, n = read_video(video_path, num)
+            pixels = np.stack([_resized(a, size) for a in rgb])
         idx = sample_indices(n, num)
         k = len(idx)
-        frames[:k] = normalise(np.stack([_resized(a, size) for a in rgb]))
+        frames[:k] = normalise(pixels)
         mask[:k], index[:k] = True, torch.from_numpy(idx)
         return frames, mask, index
     idx = sample_indices(len(frame_paths), num)

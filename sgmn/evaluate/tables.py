@@ -45,8 +45,12 @@ METRICS: tuple[str, ...] = ("R@1", "R@5", "R@10")
 PAIRED: dict[int, list[tuple[str, str]]] = {
     7: [("B", "A"), ("C", "B"), ("D", "C"), ("E", "D"), ("E", "A")],
     6: [("B", "A"), ("C", "A"), ("D", "A"), ("H", "A")],   # each graph alone, and all, vs none
-    1: [("sgmn", "sgmn_wo_te")],
 }
+# the method tables: this row against every other published row ("sgmn vs fashionnet", ...)
+PAIRED_AGAINST: dict[int, str] = {1: "sgmn", 2: "sgmn"}
+# the tables whose row ordering is compared with the paper's (Kendall tau on R@1)
+ORDERED: tuple[int, ...] = (1, 2)
+PAPER_DATASET: dict[int, str] = {2: "movingfashion"}   # the rest: lpr4m
 N_BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
 # Table 4: R@1 by subset; SGMN against RICE_box on each subset's queries (the issue's test)
@@ -251,10 +255,10 @@ def reproducers(variants: Mapping[str, Mapping], table: int) -> dict[str, list[s
 
 
 def _published(n: int, paper_dir) -> tuple[pd.DataFrame, list[str]]:
-    """One row per published row of table n (LPR4M, overall): method, switches, checks,
-    ``{metric}_paper``."""
+    """One row per published row of table n (LPR4M, or MovingFashion for Table 2; overall):
+    method, switches, checks, ``{metric}_paper``."""
     df = load_table(n, paper_dir)
-    df = df[(df["dataset"] == "lpr4m") & (df["subset"] == "overall")]
+    df = df[(df["dataset"] == PAPER_DATASET.get(n, "lpr4m")) & (df["subset"] == "overall")]
     switches = list(SWITCH_COLUMNS.get(("sgmn", n), {}))
     rows = []
     for row_id, g in df.groupby("row_id", sort=False):
@@ -267,9 +271,95 @@ def _published(n: int, paper_dir) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows), switches
 
 
+def _method_table(n: int, runs_dir: Path, variants: Mapping[str, Mapping], seeds_of, paper_dir,
+                  cache: dict, chosen: dict) -> pd.DataFrame:
+    """Table n: one row per (published row, reproducing variant), measured beside published.
+    Fills ``cache`` (variant -> seed -> overall metrics) and ``chosen`` ((n, row) -> the first
+    variant of the row that has runs, the one the paired tests use)."""
+    pub, switches = _published(n, paper_dir)
+    by_row = reproducers(variants, n)
+    unknown = set(by_row) - set(pub["row_id"])
+    if unknown:
+        log.warning("variants name rows %s that table %d does not publish", sorted(unknown), n)
+    rows = []
+    for p in pub.to_dict("records"):
+        for vid in by_row.get(p["row_id"]) or [None]:
+            rec = {"table": n, "row_id": p["row_id"], "method": p["method"], "variant": vid}
+            rec.update({c: p[c] for c in switches})
+            overall = {}
+            if vid is not None:
+                if vid not in cache:
+                    cache[vid] = _overall(runs_dir, vid, _seeds(seeds_of, vid))
+                overall = cache[vid]
+                if overall and (n, p["row_id"]) not in chosen:
+                    chosen[(n, p["row_id"])] = vid
+            rec["n_seeds"] = len(overall)
+            rec["seeds"] = ",".join(str(s) for s in sorted(overall))
+            for m in METRICS:
+                mean, half = seed_ci(o[m] for o in overall.values()) if overall else (math.nan, math.nan)
+                rec[m], rec[f"{m}_ci"], rec[f"{m}_paper"] = mean, half, p[f"{m}_paper"]
+                rec[f"{m}_delta"] = mean - p[f"{m}_paper"]
+            rec["paper_checks"] = p["paper_checks"]
+            rows.append(rec)
+    cols = (["table", "row_id", "method", "variant"] + switches + ["n_seeds", "seeds"]
+            + [f"{m}{s}" for m in METRICS for s in ("", "_ci", "_paper", "_delta")] + ["paper_checks"])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _pairs(n: int, table: pd.DataFrame) -> list[tuple[str, str]]:
+    """Table n's paired comparisons: PAIRED's, or PAIRED_AGAINST's row against every other."""
+    if n in PAIRED_AGAINST:
+        first = PAIRED_AGAINST[n]
+        return [(first, r) for r in dict.fromkeys(table["row_id"]) if r != first]
+    return PAIRED.get(n, [])
+
+
+def _paired_tests(n: int, table: pd.DataFrame, runs_dir: Path, cache: dict, chosen: dict) -> list[dict]:
+    """Paired tests on per-query hits for table n's comparisons (rows without runs skipped)."""
+    published = table.drop_duplicates("row_id").set_index("row_id")["R@1_paper"]
+    tests = []
+    for x, y in _pairs(n, table):
+        vb, va = chosen.get((n, x)), chosen.get((n, y))
+        if va is None or vb is None:
+            log.info("table %d: no paired test %s vs %s (a row has no runs)", n, x, y)
+            continue
+        common = sorted(set(cache[va]) & set(cache[vb]))
+        if not common:
+            log.info("table %d: no paired test %s vs %s (no common seeds)", n, x, y)
+            continue
+        res = paired_test(_per_query(runs_dir, va, common), _per_query(runs_dir, vb, common), k=1)
+        if res["n_pairs"] == 0:
+            continue
+        paper_diff = float(published.get(x, math.nan) - published.get(y, math.nan))
+        tests.append(_test_record(n, f"{x} vs {y}", "overall", va, vb, res, paper_diff))
+    return tests
+
+
+ORDERING_COLUMNS = ["table", "n_rows", "kendall_tau", "p_value", "rows", "ours", "paper", "disagree"]
+
+
+def ordering(table: pd.DataFrame) -> dict:
+    """Kendall's tau (tau-b, scipy) between our R@1 and the paper's over the rows measured here,
+    with both orders written out and the rows whose rank differs."""
+    from scipy.stats import kendalltau
+
+    n = int(table["table"].iloc[0]) if len(table) else math.nan
+    done = table.dropna(subset=["R@1", "R@1_paper"]).drop_duplicates("row_id")
+    ours = done.sort_values("R@1", ascending=False, kind="stable")["row_id"].tolist()
+    paper = done.sort_values("R@1_paper", ascending=False, kind="stable")["row_id"].tolist()
+    tau, p = (kendalltau(done["R@1"], done["R@1_paper"]) if len(done) >= 2 else (math.nan, math.nan))
+    return {"table": n, "n_rows": len(done), "kendall_tau": float(tau), "p_value": float(p),
+            "rows": ",".join(table["row_id"].drop_duplicates()), "ours": " > ".join(ours),
+            "paper": " > ".join(paper),
+            "disagree": ",".join(r for i, r in enumerate(ours) if paper[i] != r)}
+
+
 def build_tables(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable | Mapping,
-                 paper_dir=None) -> dict[str, pd.DataFrame]:
-    """``{"table1", "table5", "table6", "table7", "paired_tests"}`` frames.
+                 paper_dir=None, tables: Iterable[int] = TABLES, with_table4: bool = True
+                 ) -> dict[str, pd.DataFrame]:
+    """``{"table1", "table5", "table6", "table7", "table4", "paired_tests", "ordering"}`` frames
+    (``tables`` picks the method/ablation tables: (2,) for Table 2 on its own dataset's runs,
+    with ``with_table4=False``).
 
     ``runs_dir`` holds ``{variant}/seed{seed}/metrics.json`` (and ``per_query.parquet``);
     ``variants`` maps a variant id to its row of the variants file (its ``paper`` list);
@@ -277,61 +367,24 @@ def build_tables(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable |
     mapping has none). A table row is one (published row, variant); columns: table, row_id,
     method, variant, the switch columns, n_seeds, seeds, then per metric ``{m}`` (mean over
     seeds), ``{m}_ci`` (95% half-width), ``{m}_paper`` and ``{m}_delta`` (measured - published),
-    and paper_checks (the paper's own consistency notes).
+    and paper_checks (the paper's own consistency notes). ``ordering`` has, for Tables 1 and 2,
+    the Kendall tau of our row order against the paper's (``ordering``).
     """
     runs_dir = Path(runs_dir)
     out: dict[str, pd.DataFrame] = {}
     cache: dict[str, dict[int, dict]] = {}
     chosen: dict[tuple[int, str], str] = {}  # (table, row_id) -> the variant with runs used in tests
-    for n in TABLES:
-        pub, switches = _published(n, paper_dir)
-        by_row = reproducers(variants, n)
-        unknown = set(by_row) - set(pub["row_id"])
-        if unknown:
-            log.warning("variants name rows %s that table %d does not publish", sorted(unknown), n)
-        rows = []
-        for p in pub.to_dict("records"):
-            for vid in by_row.get(p["row_id"]) or [None]:
-                rec = {"table": n, "row_id": p["row_id"], "method": p["method"], "variant": vid}
-                rec.update({c: p[c] for c in switches})
-                overall = {}
-                if vid is not None:
-                    if vid not in cache:
-                        cache[vid] = _overall(runs_dir, vid, _seeds(seeds_of, vid))
-                    overall = cache[vid]
-                    if overall and (n, p["row_id"]) not in chosen:
-                        chosen[(n, p["row_id"])] = vid
-                rec["n_seeds"] = len(overall)
-                rec["seeds"] = ",".join(str(s) for s in sorted(overall))
-                for m in METRICS:
-                    mean, half = seed_ci(o[m] for o in overall.values()) if overall else (math.nan, math.nan)
-                    rec[m], rec[f"{m}_ci"], rec[f"{m}_paper"] = mean, half, p[f"{m}_paper"]
-                    rec[f"{m}_delta"] = mean - p[f"{m}_paper"]
-                rec["paper_checks"] = p["paper_checks"]
-                rows.append(rec)
-        cols = (["table", "row_id", "method", "variant"] + switches + ["n_seeds", "seeds"]
-                + [f"{m}{s}" for m in METRICS for s in ("", "_ci", "_paper", "_delta")] + ["paper_checks"])
-        out[f"table{n}"] = pd.DataFrame(rows, columns=cols)
-
-    tests = []
-    for n, pairs in PAIRED.items():
-        published = out[f"table{n}"].drop_duplicates("row_id").set_index("row_id")["R@1_paper"]
-        for x, y in pairs:
-            vb, va = chosen.get((n, x)), chosen.get((n, y))
-            if va is None or vb is None:
-                log.info("table %d: no paired test %s vs %s (a row has no runs)", n, x, y)
-                continue
-            common = sorted(set(cache[va]) & set(cache[vb]))
-            if not common:
-                log.info("table %d: no paired test %s vs %s (no common seeds)", n, x, y)
-                continue
-            res = paired_test(_per_query(runs_dir, va, common), _per_query(runs_dir, vb, common), k=1)
-            if res["n_pairs"] == 0:
-                continue
-            paper_diff = float(published.get(x, math.nan) - published.get(y, math.nan))
-            tests.append(_test_record(n, f"{x} vs {y}", "overall", va, vb, res, paper_diff))
-    out["table4"], table4_tests = build_table4(runs_dir, variants, seeds_of, paper_dir)
-    out["paired_tests"] = pd.DataFrame(tests + table4_tests, columns=PAIRED_COLUMNS)
+    tests, orders = [], []
+    for n in tables:
+        out[f"table{n}"] = _method_table(n, runs_dir, variants, seeds_of, paper_dir, cache, chosen)
+        tests += _paired_tests(n, out[f"table{n}"], runs_dir, cache, chosen)
+        if n in ORDERED:
+            orders.append(ordering(out[f"table{n}"]))
+    if with_table4:
+        out["table4"], table4_tests = build_table4(runs_dir, variants, seeds_of, paper_dir)
+        tests += table4_tests
+    out["paired_tests"] = pd.DataFrame(tests, columns=PAIRED_COLUMNS)
+    out["ordering"] = pd.DataFrame(orders, columns=ORDERING_COLUMNS)
     return out
 
 
@@ -523,6 +576,21 @@ def table4_markdown(df: pd.DataFrame) -> list[str]:
             shown.to_markdown(index=False, disable_numparse=True), ""]
 
 
+def ordering_markdown(df: pd.DataFrame | None) -> list[str]:
+    """The method tables' row order (by R@1) beside the paper's, with Kendall's tau."""
+    if df is None or df.empty:
+        return []
+    shown = pd.DataFrame({
+        "table": df["table"].astype(str), "rows measured": df["n_rows"].astype(str),
+        "Kendall tau": df["kendall_tau"].map(lambda t: _num(t, ".2f")),
+        "p": df["p_value"].map(lambda p: _num(p, ".3g")), "ours (R@1, best first)": df["ours"],
+        "paper": df["paper"], "rank differs": df["disagree"].replace("", "–")})
+    return ["## Row ordering against the paper", "",
+            "Kendall's tau-b between our R@1 and the published R@1 over the rows measured here "
+            "(1: the same order; p: scipy's test of tau = 0).", "",
+            shown.to_markdown(index=False, disable_numparse=True), ""]
+
+
 def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", synthetic: bool = True) -> str:
     lines = ["# SGMN tables regenerated from the runs", "", header(dataset, synthetic), "",
              "Measured: mean ± 95% t-interval half-width over seeds (no ± with one seed); "
@@ -548,6 +616,7 @@ def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", 
             shown[f"{m} paper"] = df[f"{m}_paper"].map(_num)
             shown[f"{m} delta"] = df[f"{m}_delta"].map(_signed)
         lines += [f"## Table {n}", "", shown.to_markdown(index=False, disable_numparse=True), ""]
+    lines += ordering_markdown(tables.get("ordering"))
     tests = tables.get("paired_tests")
     lines += ["## Paired tests (R@1)", "",
               "diff = R@1 of the first minus the second, in points, on the (seed, query) pairs of "

@@ -42,3 +42,14 @@ def load_model(checkpoint: str | Path) -> tuple[RetrievalMethod, dict]:
         raise RuntimeError(f"{checkpoint} does not match the model its config builds today (written by an "
                            f"older version of the suite? retrain it): {str(err)[:500]}") from None
     return model, state
+
+
+def init_from_checkpoint(model: RetrievalMethod, checkpoint: str | Path) -> None:
+    """Start `model` from the weights of another run's final.pt (fine-tuning, e.g. Table 2's
+    SGMN trained on the main dataset, then on MovingFashion). The architectures must match."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(f"--init-checkpoint {checkpoint}: its weights do not fit the model this config builds "
+                           f"(a different method or architecture?): {str(err)[:500]}") from None

@@ -15,7 +15,7 @@ from sgmn.data.frame_store import open_store
 from sgmn.data.datasets import ClipPairDataset, collate, frame_masking, read_split
 from sgmn.config import uses_text
 from sgmn.io import atomic_save, provenance, write_json
-from sgmn.models.factory import build_model, load_model  # noqa: F401  (load_model: re-exported)
+from sgmn.models.factory import build_model, init_from_checkpoint, load_model  # noqa: F401  (load_model: re-exported)
 from sgmn.text.features import TextFeatures
 from sgmn.train import distributed, loop
 
@@ -33,9 +33,10 @@ def add_text_features(batch: dict, store: TextFeatures | None, device) -> dict:
 
 def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str | None,
               out_dir: str | Path, text_features: str | Path | None = None,
-              frame_store: str | Path | None = None) -> Path:
+              frame_store: str | Path | None = None, init_checkpoint: str | Path | None = None) -> Path:
     """Train one (variant, seed) run; returns the path of final.pt. frame_store: decoded frames
-    of data_dir (`sgmn frame-store`), or None to decode the files."""
+    of data_dir (`sgmn frame-store`), or None to decode the files; init_checkpoint: another
+    run's final.pt to start from (fine-tuning; a resumed run continues from its own checkpoint)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tcfg, dcfg = config["train"], config["dataset"]
@@ -45,8 +46,12 @@ def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str |
         raise ValueError(f"{config.get('method', 'sgmn')}.te is on: pass the text feature cache (--text-features)")
     store = TextFeatures.load(text_features) if text else None
     model = build_model(config, clip_weights, store.dim if store else None)
+    if init_checkpoint is not None:
+        init_from_checkpoint(model, init_checkpoint)
     if distributed.is_main():
-        write_json({**provenance(config, seed), "clip_weights": str(clip_weights)}, out_dir / "params.json")
+        write_json({**provenance(config, seed), "clip_weights": str(clip_weights),
+                    "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint)},
+                   out_dir / "params.json")
 
     skipped: list[str] = []
     clips = read_split(data_dir, dcfg["format"], "train", dcfg["on_bad_line"], skipped)

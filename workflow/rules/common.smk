@@ -3,7 +3,8 @@ import json
 
 from snakemake.utils import validate
 
-from sgmn.config import coerce_yaml11_floats, load_variants, load_yaml, resolve_variant, uses_text
+from sgmn.config import (coerce_yaml11_floats, load_variants, load_yaml, resolve_variant, table2_config,
+                         uses_text)
 from sgmn.evaluate.curves import curve_variants
 from sgmn.evaluate.fidelity_table import fidelity_variants
 
@@ -16,40 +17,55 @@ validate(config, "../../sgmn/schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
 VARIANTS = load_variants(config["variants_file"])
+# Every dataset of the DAG: the main one, and Table 2's second one when `table2.enabled`
+# (sgmn.config.table2_config: the main config with table2's dataset, overrides and run matrix)
+TABLE2 = table2_config(config)
+CONFIGS = {DATASET: config}
+if TABLE2 is not None:
+    CONFIGS[TABLE2["dataset"]["name"]] = TABLE2
+# (dataset, variant) -> the variant's resolved config on that dataset
 RESOLVED = {
-    v: resolve_variant(config, v, VARIANTS, config["variants_file"])
-    for v in config["variants"]
+    (ds, v): resolve_variant(cfg, v, VARIANTS, config["variants_file"])
+    for ds, cfg in CONFIGS.items()
+    for v in cfg["variants"]
 }
 # the learning-curve runs (config `curves`, `snakemake curves`) go through the same rules
 CURVE_RUNS = curve_variants(config, VARIANTS, config["variants_file"])
-RESOLVED.update(CURVE_RUNS)
+RESOLVED.update({(DATASET, v): c for v, c in CURVE_RUNS.items()})
 # Table 7 under both recipes (`snakemake fidelity`): the paper rows and their *_official twins
 FIDELITY_VARIANTS = fidelity_variants()
-RESOLVED.update({v: resolve_variant(config, v, VARIANTS, config["variants_file"])
-                 for v in FIDELITY_VARIANTS if v not in RESOLVED and v in VARIANTS})
+RESOLVED.update({(DATASET, v): resolve_variant(config, v, VARIANTS, config["variants_file"])
+                 for v in FIDELITY_VARIANTS if (DATASET, v) not in RESOLVED and v in VARIANTS})
 SEEDS = config["seeds"]
 
 wildcard_constraints:
-    ds=DATASET,
-    variant="|".join(sorted(RESOLVED)),
+    ds="|".join(sorted(CONFIGS)),
+    variant="|".join(sorted({v for _, v in RESOLVED})),
     seed=r"\d+",
+
+
+def resolved(wildcards):
+    """The resolved config of the job's (dataset, variant)."""
+    return RESOLVED[wildcards.ds, wildcards.variant]
 
 
 def get_final_outputs():
     outputs = [f"results/{DATASET}/summary.csv", f"results/{DATASET}/tables"]
     if config["dataset"]["path"] is None and config["dataset"]["format"] == "lpr4m":
         outputs.append(f"results/{DATASET}/data_stats.json")  # LPR-Synth only (synth_meta.json)
+    if TABLE2 is not None:
+        outputs.append(f"results/{TABLE2['dataset']['name']}/summary.csv")
     return outputs
 
 
 def get_data_dir(wildcards):
     """A real dataset root, or the directory the synth rule writes."""
-    return config["dataset"]["path"] or f"results/{DATASET}/data"
+    return CONFIGS[wildcards.ds]["dataset"]["path"] or f"results/{wildcards.ds}/data"
 
 
 def get_variant_json(wildcards):
     """The variant's full config; a change reruns only that variant (params rerun trigger)."""
-    return json.dumps(RESOLVED[wildcards.variant], sort_keys=True)
+    return json.dumps(resolved(wildcards), sort_keys=True)
 
 
 def get_pretrain_json(wildcards):
@@ -64,24 +80,51 @@ def get_pretrain_json(wildcards):
     return json.dumps(keep, sort_keys=True)
 
 
-def _pretrained(variant):
-    return RESOLVED[variant]["model"]["pretrained"]
-
-
 def get_clip_weights_input(wildcards):
-    """The pretrain_clip output when the variant starts from the DAG's CLIP, else nothing."""
-    if _pretrained(wildcards.variant) == "pipeline":
+    """The pretrain_clip output when the variant starts from the DAG's CLIP (pretrained on the
+    main dataset, for Table 2's runs too), else nothing."""
+    if resolved(wildcards)["model"]["pretrained"] == "pipeline":
         return f"results/{DATASET}/clip/pretrained.pt"
     return []
 
 
 def get_clip_weights_arg(wildcards):
-    value = _pretrained(wildcards.variant)
+    value = resolved(wildcards)["model"]["pretrained"]
     return f"results/{DATASET}/clip/pretrained.pt" if value == "pipeline" else value
 
 
-def seeds_of(variant):
-    """config.seeds_by_variant[variant] when set, else config.seeds (curves: their own)."""
+def _table2_role(wildcards, role):
+    """table2.zero_shot / table2.finetune when the job is that row of Table 2, else None."""
+    if TABLE2 is None or wildcards.ds == DATASET:
+        return None
+    spec = config["table2"][role]
+    return spec if wildcards.variant == spec["variant"] else None
+
+
+def get_init_input(wildcards):
+    """Table 2's fine-tuned row starts from the main dataset's run of table2.finetune.from."""
+    spec = _table2_role(wildcards, "finetune")
+    return f"results/{DATASET}/runs/{spec['from']}/seed{wildcards.seed}/final.pt" if spec else []
+
+
+def get_init_arg(wildcards):
+    init = get_init_input(wildcards)
+    return f"--init-checkpoint {init}" if init else ""
+
+
+def get_zero_shot_source(wildcards):
+    """The main dataset's run that Table 2's zero-shot row evaluates as it is."""
+    spec = _table2_role(wildcards, "zero_shot")
+    if spec is None:
+        raise ValueError(f"{wildcards.ds}/{wildcards.variant} is not table2.zero_shot's row")
+    return f"results/{DATASET}/runs/{spec['from']}/seed{wildcards.seed}/final.pt"
+
+
+def seeds_of(variant, ds=DATASET):
+    """config.seeds_by_variant[variant] when set, else config.seeds (curves: their own; Table
+    2's dataset: table2.seeds)."""
+    if ds != DATASET:
+        return CONFIGS[ds]["seeds"]
     if variant in CURVE_RUNS:
         return config["curves"]["seeds"]
     return config["seeds_by_variant"].get(variant, SEEDS)
@@ -89,15 +132,28 @@ def seeds_of(variant):
 
 def get_run_metrics(wildcards):
     return [
-        f"results/{DATASET}/runs/{variant}/seed{seed}/metrics.json"
-        for variant in sorted(config["variants"])
-        for seed in seeds_of(variant)
+        f"results/{wildcards.ds}/runs/{variant}/seed{seed}/metrics.json"
+        for variant in sorted(CONFIGS[wildcards.ds]["variants"])
+        for seed in seeds_of(variant, wildcards.ds)
     ]
+
+
+def get_table2_inputs(wildcards):
+    """Table 2's metrics and per-query tables, read by the main dataset's tables rule."""
+    if TABLE2 is None or wildcards.ds != DATASET:
+        return []
+    t2 = TABLE2["dataset"]["name"]
+    runs = [f"results/{t2}/runs/{v}/seed{s}" for v in sorted(TABLE2["variants"]) for s in TABLE2["seeds"]]
+    return [f"{r}/{name}" for r in runs for name in ("metrics.json", "per_query.parquet")]
+
+
+def get_table2_arg(wildcards):
+    return f"--table2-runs results/{TABLE2['dataset']['name']}/runs" if get_table2_inputs(wildcards) else ""
 
 
 def get_text_input(wildcards):
     """The text feature cache when the variant has the text branch (sgmn.te), else nothing."""
-    return f"results/{DATASET}/text" if uses_text(RESOLVED[wildcards.variant]) else []
+    return f"results/{wildcards.ds}/text" if uses_text(resolved(wildcards)) else []
 
 
 def frame_store_on(cfg=None):
@@ -109,12 +165,12 @@ def frame_store_on(cfg=None):
 
 def frame_store_inputs(base, run_config):
     """[the store under `base` at a run's input size] (rule frame_store), or [] without one."""
-    return [f"{base}/frames_{run_config['model']['image_size']}"] if frame_store_on() else []
+    return [f"{base}/frames_{run_config['model']['image_size']}"] if frame_store_on(run_config) else []
 
 
 def get_frame_store(wildcards):
     """The variant's frame store as an input (a list, empty without one)."""
-    return frame_store_inputs(f"results/{DATASET}", RESOLVED[wildcards.variant])
+    return frame_store_inputs(f"results/{wildcards.ds}", resolved(wildcards))
 
 
 def get_frame_store_arg(wildcards):
@@ -123,8 +179,8 @@ def get_frame_store_arg(wildcards):
 
 
 def get_text_arg(wildcards):
-    return f"--text-features results/{DATASET}/text" if uses_text(RESOLVED[wildcards.variant]) else ""
+    return f"--text-features results/{wildcards.ds}/text" if uses_text(resolved(wildcards)) else ""
 
 
 def get_train_threads(wildcards):
-    return RESOLVED[wildcards.variant]["train"]["threads"]
+    return resolved(wildcards)["train"]["threads"]

@@ -2,12 +2,12 @@ rule synth:
     output:
         directory("results/{ds}/data"),
     params:
-        preset=config["dataset"]["synth"]["preset"],
-        seed=config["dataset"]["synth"]["seed"],
-        format=config["dataset"]["format"],
-        knobs=" ".join(
+        preset=lambda wc: CONFIGS[wc.ds]["dataset"]["synth"]["preset"],
+        seed=lambda wc: CONFIGS[wc.ds]["dataset"]["synth"]["seed"],
+        format=lambda wc: CONFIGS[wc.ds]["dataset"]["format"],
+        knobs=lambda wc: " ".join(
             f"--set {k}={json.dumps(v)}"
-            for k, v in config["dataset"]["synth"]["overrides"].items()
+            for k, v in CONFIGS[wc.ds]["dataset"]["synth"]["overrides"].items()
         ),
     log:
         "logs/synth/{ds}.log",

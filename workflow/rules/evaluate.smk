@@ -61,8 +61,9 @@ rule tables:
     input:
         metrics=get_run_metrics,
         per_query=get_run_per_query,
-        paper=expand(os.path.join(PAPER_DIR, "table{n}.csv"), n=(1, 3, 4, 5, 6, 7)),
+        paper=expand(os.path.join(PAPER_DIR, "table{n}.csv"), n=(1, 2, 3, 4, 5, 6, 7)),
         bench="results/{ds}/bench",
+        table2=get_table2_inputs,
     output:
         directory("results/{ds}/tables"),
     params:
@@ -70,8 +71,9 @@ rule tables:
         config=lambda wildcards: json.dumps(config, sort_keys=True),
         # not on the command line: a rerun trigger when a variant's `paper` rows change
         paper_rows=lambda wildcards: json.dumps(
-            {v: VARIANTS[v].get("paper") for v in config["variants"]}, sort_keys=True
+            {v: VARIANTS[v].get("paper") for c in CONFIGS.values() for v in c["variants"]}, sort_keys=True
         ),
+        table2=get_table2_arg,
         variants_file=config["variants_file"],
         paper_dir=PAPER_DIR,
         runs="results/{ds}/runs",
@@ -84,7 +86,7 @@ rule tables:
         "../envs/tables.yaml"
     shell:
         "sgmn tables --runs {params.runs} --config-json {params.config:q} --variants-file {params.variants_file:q}"
-        " --paper-dir {params.paper_dir:q} --bench {input.bench} --out {output} > {log} 2>&1"
+        " --paper-dir {params.paper_dir:q} --bench {input.bench} {params.table2} --out {output} > {log} 2>&1"
 
 
 rule bench_methods:

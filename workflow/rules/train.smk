@@ -1,6 +1,6 @@
 def get_train_processes(wildcards):
     """train.processes of the variant's resolved config: torchrun processes, one per GPU."""
-    return int(RESOLVED[wildcards.variant]["train"].get("processes") or 1)
+    return int(resolved(wildcards)["train"].get("processes") or 1)
 
 
 def get_train_launcher(wildcards):
@@ -25,6 +25,7 @@ rule train:
         clip=get_clip_weights_input,
         text=get_text_input,
         frames=get_frame_store,
+        init=get_init_input,
     output:
         # ckpt/latest.pt stays undeclared: Snakemake must not delete it when a job fails
         "results/{ds}/runs/{variant}/seed{seed}/final.pt",
@@ -33,6 +34,7 @@ rule train:
         launcher=get_train_launcher,
         text=get_text_arg,
         frames=get_frame_store_arg,
+        init=get_init_arg,
     log:
         "logs/train/{ds}/{variant}/seed{seed}.log",
     benchmark:
@@ -46,5 +48,24 @@ rule train:
         "../envs/sgmn.yaml"
     shell:
         "{params.launcher} train --config {input.config} --seed {wildcards.seed} --data {input.data}"
-        " --clip-weights {params.clip} --out $(dirname {output}) {params.text} {params.frames}"
+        " --clip-weights {params.clip} --out $(dirname {output}) {params.text} {params.frames} {params.init}"
         " --threads {threads} > {log} 2>&1"
+
+
+# Table 2's "SGMN (w/o Finetune)": the main dataset's run, evaluated on the second dataset as it
+# is. Its checkpoint is linked in place of a training run (hard link, or a copy across devices).
+ruleorder: zero_shot_checkpoint > train
+
+
+rule zero_shot_checkpoint:
+    input:
+        get_zero_shot_source,
+    output:
+        "results/{ds}/runs/{variant}/seed{seed}/final.pt",
+    wildcard_constraints:
+        variant=config["table2"]["zero_shot"]["variant"],
+    log:
+        "logs/zero_shot_checkpoint/{ds}/{variant}/seed{seed}.log",
+    localrule: True
+    shell:
+        "(ln -f {input} {output} || cp {input} {output}) > {log} 2>&1"
