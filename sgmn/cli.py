@@ -48,13 +48,11 @@ def cmd_synth(args) -> None:
 
 def cmd_resolve_config(args) -> None:
     from sgmn import config as cfg
-    from sgmn.fidelity import apply_fidelity
     from sgmn.io import write_json
     if args.json:
         resolved = json.loads(args.json)
-        variant = resolved.pop("variant", args.variant)
-        resolved = cfg.without_run_matrix(apply_fidelity(cfg.validate(cfg.strip_run_keys(resolved), "--json")))
-        resolved["variant"] = variant
+        resolved["variant"] = resolved.get("variant", args.variant)
+        resolved = cfg.revalidate_resolved(resolved, "--json")
     else:
         base = cfg.load_config(args.config)
         resolved = cfg.resolve_variant(base, args.variant,

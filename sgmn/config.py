@@ -176,11 +176,17 @@ def load_config(path: str | Path) -> dict:
         lines = None
     else:
         data, lines = load_yaml(path)
+    if "variant" in data:
+        return revalidate_resolved(data, str(path), lines)
+    return validate(data, str(path), lines)
+
+
+def revalidate_resolved(data: dict, source: str, key_lines: dict | None = None) -> dict:
+    """A resolved variant config (`variant` set), validated again and complete as
+    `resolve_variant` wrote it: no run-matrix keys, no other method's section."""
     run_keys = {k: data[k] for k in ("variant", "seed") if k in data}
-    config = validate(strip_run_keys(data), str(path), lines)
-    if "variant" in run_keys:  # a resolved variant config: complete, and no run-matrix keys
-        config = without_run_matrix(apply_fidelity(config))
-    return {**config, **run_keys}
+    config = apply_fidelity(validate(strip_run_keys(data), source, key_lines))
+    return {**without_other_methods(without_run_matrix(config)), **run_keys}
 
 
 def resolve_run_config(config: dict) -> dict:

@@ -1,4 +1,4 @@
-"""AsymNet baseline (baselines/asymnet.py): the power-of-two check, crops and tracks, per-step
+"""AsymNet baseline (baselines/asymnet.py): L not a power of two, crops and tracks, per-step
 hidden states, the leaf nets and gated fusion tree (masked leaves), pairwise scoring at gallery
 scale, the weighted BCE losses and the three training phases."""
 from __future__ import annotations
@@ -54,15 +54,13 @@ def grads(m: AsymNet) -> dict[str, bool]:
     return {n: p.grad is not None and p.grad.abs().sum().item() > 0 for n, p in m.named_parameters()}
 
 
-def test_registry_config_and_power_of_two_frames():
+def test_registry_and_config():
     assert get_method("asymnet") is AsymNet
     m = make({"hidden": 32, "width": 32})
     assert isinstance(m.cfg, AsymNetConfig) and m.uses_text is False and m.steps == STEPS
     assert len(m.sn.gates) == int(math.log2(L)) + 1 and m.lstm.num_layers == 2 and m.lstm.hidden_size == 32
     # separate weights for the frame and the image CNN
     assert m.visual["frame"].head[0].weight.data_ptr() != m.visual["image"].head[0].weight.data_ptr()
-    with pytest.raises(ValueError, match="model.num_frames"):
-        AsymNet.from_config(config(frames=6), clip=None)
     with pytest.raises(ValueError, match="phase1_end"):
         make({"phase1_end": 0.8, "phase2_end": 0.5})
     assert len(AsymNet.from_config(config(frames=8), clip=None).sn.gates) == 4
@@ -101,20 +99,25 @@ def test_tracks_pack_the_crops_and_ignore_padding():
 
 def test_frames_are_cropped_to_the_target_box():
     m = make().eval()
+    seen = []
+    m.visual["frame"].register_forward_hook(lambda mod, args, out: seen.append(args[0]))
     g = torch.Generator().manual_seed(7)
     colour = torch.tensor([0.3, -0.5, 0.8])[:, None, None]
-    frame = torch.randn(1, 1, 3, S, S, generator=g)
-    frame[..., :32, :32] = colour
-    one = torch.ones(1, 1, dtype=torch.bool)
+    frame = torch.randn(1, 2, 3, S, S, generator=g)
+    frame[..., :40, :40] = colour                                        # the box's region, and a margin
+    one = torch.ones(1, 2, dtype=torch.bool)
+    box = torch.tensor([0.0, 0.0, 0.5, 0.5]).expand(1, 2, 4)
     with torch.no_grad():
-        cropped = m.encode_clip({"frames": frame, "frame_mask": one, "target_present": one,
-                                 "target_box": torch.tensor([[[0.0, 0.0, 0.5, 0.5]]])})
-        # a clip without the product keeps its whole frame: here a frame of that colour only
-        flat = m.encode_clip({"frames": colour.expand(1, 1, 3, S, S).clone(), "frame_mask": one,
-                              "target_present": ~one, "target_box": torch.zeros(1, 1, 4)})
-        uncropped = m.encode_clip({"frames": frame, "frame_mask": one, "target_present": ~one,
-                                   "target_box": torch.zeros(1, 1, 4)})
-    assert torch.allclose(cropped, flat, atol=1e-4) and not torch.allclose(cropped, uncropped, atol=1e-3)
+        cropped = m.encode_clip({"frames": frame, "frame_mask": one, "target_present": one, "target_box": box})
+        # the crop is the box's region resampled to S x S: that colour only
+        assert seen[-1].shape == (2, 3, S, S)
+        assert torch.allclose(seen[-1], colour.expand(2, 3, S, S), atol=1e-5)
+        flat = m.encode_clip({"frames": colour.expand(1, 2, 3, S, S).clone(), "frame_mask": one,
+                              "target_present": ~one, "target_box": box})
+        # a clip without the product keeps its whole frames, uncropped
+        m.encode_clip({"frames": frame, "frame_mask": one, "target_present": ~one, "target_box": box})
+        assert torch.equal(seen[-1], frame[0])
+    assert torch.allclose(cropped, flat, atol=1e-5)
     with pytest.raises(ValueError, match="target_box"):
         m.encode_clip({"frames": frame, "frame_mask": one})
 
@@ -173,18 +176,20 @@ def test_fusion_tree_gates_paths_and_masked_leaves():
     assert abs(got.item() - want) < 1e-6
 
     # a whole subtree masked: all the weight below the root goes to the other one
+    x3, y3 = x.clone(), y.clone()
+    x3[..., [2, 3], 0], y3[..., [2, 3]] = 100.0, 1.0
     with torch.no_grad():
-        got = sn.fuse(x2, y2, torch.tensor([[True, True, False, False]]))
+        got = sn.fuse(x3, y3, torch.tensor([[True, True, False, False]]))
     want = _sig(m01 + 0.2) * (pair(a[0], a[1])[0] * 0.9 + pair(a[0], a[1])[1] * 0.2)
     assert abs(got.item() - want) < 1e-6
     with torch.no_grad():                                                 # no real leaf: 0, no NaN
-        assert sn.fuse(x2, y2, torch.zeros(1, 4, dtype=torch.bool)).item() == 0
+        assert sn.fuse(x3, y3, torch.zeros(1, 4, dtype=torch.bool)).item() == 0
 
 
 def test_score_every_pair_at_gallery_scale_in_chunks(monkeypatch):
     m = make().eval()
     with torch.no_grad():
-        q = m.encode_clip(batch(b=3, products=[0, 1, 2]))
+        q = m.encode_clip(batch())[[0, 2, 3]]                             # full, 1-step and gapped tracks
         gallery = m.encode_image({"image": torch.randn(600, 3, S, S, generator=torch.Generator().manual_seed(9))})
         s = m.score(q, gallery)
         assert s.shape == (3, 600) and torch.isfinite(s).all() and ((s >= 0) & (s <= 1)).all()
@@ -195,6 +200,9 @@ def test_score_every_pair_at_gallery_scale_in_chunks(monkeypatch):
         assert torch.allclose(m.score(q, gallery), s, atol=1e-6)
         m.train()                                                            # BN running stats in any mode
         assert torch.allclose(m.score(q, gallery[:5]), s[:, :5], atol=1e-6)
+    # inference only: the evaluation calls it outside no_grad and reads the scores with numpy()
+    out = m.score(q.clone().requires_grad_(), gallery[:2].clone().requires_grad_())
+    assert not out.requires_grad and out.numpy().shape == (3, 2)
 
 
 def test_forward_backward_joint_phase_reaches_every_parameter():
@@ -257,3 +265,23 @@ def test_overfits_a_few_pairs():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_an_l_that_is_not_a_power_of_two_scores_as_padded_frames():
+    """L = 6 builds the 8-leaf tree; its scores equal those of the same weights at L = 8 on the
+    same clips with two padded frames appended (the tree ignores masked leaves either way)."""
+    torch.manual_seed(0)
+    six = AsymNet.from_config(config({"hidden": 32, "width": 32}, frames=6), clip=None).eval()
+    eight = AsymNet.from_config(config({"hidden": 32, "width": 32}, frames=8), clip=None).eval()
+    eight.load_state_dict(six.state_dict())
+    assert len(six.sn.gates) == 4
+    per_frame = ("frames", "frame_mask", "target_box", "target_present")
+    a, b = batch(4, products=[0, 1, 2, 3], seed=1), batch(4, products=[0, 1, 2, 3], seed=2)   # L = 4 each
+    b6 = {**a, **{k: torch.cat([a[k], b[k][:, :2]], 1) for k in per_frame}}
+    b6["frame_mask"][:, 4:] = b6["frame_mask"][:, 4:] | True   # frames 5-6 real (a's gaps stay)
+    pad = lambda x: torch.cat([x, torch.zeros_like(x[:, :2])], 1)  # noqa: E731
+    b8 = {**b6, **{k: pad(b6[k]) for k in per_frame}}
+    with torch.no_grad():
+        s6 = six.score(six.encode_clip(b6), six.encode_image(b6))
+        s8 = eight.score(eight.encode_clip(b8), eight.encode_image(b8))
+    assert s6.shape == (4, 4) and torch.allclose(s6, s8, atol=1e-6)

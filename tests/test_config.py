@@ -91,19 +91,28 @@ def _dag_resolved_configs(tmp_path) -> dict[str, dict]:
         command = line.strip().removeprefix("Shell command:").strip()
         if command.startswith("sgmn resolve-config --json"):
             argv = shlex.split(command)
-            variant = argv[argv.index("--out") + 1].rsplit("/", 1)[1].removesuffix(".json")
-            dest = tmp_path / f"dag_{variant}.json"
+            parts = argv[argv.index("--out") + 1].split("/")   # results/{ds}/configs/{variant}.json
+            key = f"{parts[-3]}/{parts[-1].removesuffix('.json')}"
+            dest = tmp_path / f"dag_{key.replace('/', '_')}.json"
             assert main(["resolve-config", "--json", argv[argv.index("--json") + 1], "--out", str(dest)]) == 0
-            out[variant] = json.loads(dest.read_text())
+            out[key] = json.loads(dest.read_text())
     return out
 
 
 def test_cli_dag_and_bench_resolve_every_variant_identically(tmp_path):
     from sgmn.bench import bench_config
     default = REPO / "workflow/config/default.yaml"
-    dag = _dag_resolved_configs(tmp_path)
-    variants = cfg.load_config(default)["variants"]
+    resolved = _dag_resolved_configs(tmp_path)
+    base = cfg.load_config(default)
+    variants, table2 = base["variants"], cfg.table2_config(base)
+    dag = {k.split("/")[1]: v for k, v in resolved.items() if k.startswith("lpr_synth/")}
     assert sorted(dag) == sorted(variants)
+    # Table 2's runs: the main config with table2's dataset and overrides, resolved the same way
+    mf = {k.split("/")[1]: v for k, v in resolved.items() if k.startswith("mf_synth/")}
+    assert sorted(mf) == sorted(table2["variants"]) and len(resolved) == len(dag) + len(mf)
+    for variant, got in mf.items():
+        assert got == cfg.resolve_variant(table2, variant), variant
+        assert got["dataset"]["format"] == "movingfashion" and got.get("sgmn", {"te": False})["te"] is False
     for variant in variants:
         dest = tmp_path / f"cli_{variant}.json"
         assert main(["resolve-config", "--config", str(default), "--variant", variant, "--out", str(dest)]) == 0
@@ -149,7 +158,7 @@ def test_cli_reports_bad_config_with_exit_code_2(tmp_path, capsys):
 def test_every_schema_key_has_a_description_and_a_default_and_nothing_else():
     """YAML flow mappings cut an unquoted comma short (a stray key); every key is documented."""
     keywords = {"description", "type", "enum", "default", "minimum", "maximum", "exclusiveMinimum",
-                "exclusiveMaximum", "anyOf", "pattern", "properties", "additionalProperties", "items", "minItems", "$schema", "title"}
+                "exclusiveMaximum", "multipleOf", "maxItems", "uniqueItems", "anyOf", "pattern", "properties", "additionalProperties", "items", "minItems", "$schema", "title"}
 
     def walk(node, path):
         assert set(node) <= keywords, f"{path}: unexpected keys {sorted(set(node) - keywords)}"

@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines.fashionnet import (FashionNet, FashionNetConfig, landmark_losses, landmark_pool,
-                                  landmark_targets)
+from baselines.fashionnet import (
+    FashionNet,
+    FashionNetConfig,
+    landmark_losses,
+    landmark_pool,
+    landmark_targets,
+)
 from sgmn.config import resolve_run_config, validate
 from sgmn.models.registry import get_method
 

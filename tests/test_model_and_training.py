@@ -243,6 +243,17 @@ def test_parameter_groups_scale_the_clip_lr_and_spare_biases():
         build_optimizer(model, "sgd", 1e-3, 0.0)
 
 
+def test_a_backbone_from_scratch_ignores_the_clip_lr_scale_and_the_stem_freeze():
+    """fidelity official's clip_lr_scale / freeze_stem fine-tune a pretrained CLIP; a method
+    whose `visual` is its own backbone from random init (pretrained_visual False) trains whole."""
+    from sgmn.train.optim import build_optimizer
+    model = _WithHead()
+    model.pretrained_visual = False
+    opt = build_optimizer(model, "adam", 3e-4, 0.0, clip_lr_scale=1e-3, freeze_stem=True)
+    assert all(g["lr"] == 3e-4 for g in opt.param_groups)
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_frozen_stem_does_not_train():
     from sgmn.train.optim import build_optimizer
     model = _WithHead()

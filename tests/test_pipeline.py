@@ -99,3 +99,36 @@ def _planned_jobs(plan: str) -> set[tuple[str, str]]:
         elif rule and line.strip().startswith("wildcards:"):
             wildcards = line.strip()
     return jobs
+
+
+TABLE2_SMOKE = ("table2={enabled: True, dataset: {name: mf_synth_smoke, format: movingfashion, path: null, "
+                "synth: {preset: smoke, seed: 0}}, variants: [seam, sgmn_wo_finetune, sgmn], seeds: [0]}")
+
+
+@pytest.mark.slow
+def test_table2_dag_on_mf_synth(tmp_path):
+    """Table 2 in the main DAG: MF-Synth generated and stored, a two-stage baseline trained there,
+    the main dataset's SGMN w/o TE evaluated there as it is, and SGMN fine-tuned from it."""
+    if shutil.which("sgmn") is None:
+        pytest.skip("the sgmn console script is not on PATH (pip install -e . in the active env)")
+    run = _snakemake(tmp_path, "--config", "variants=[gra_only]", TABLE2_SMOKE)
+    assert run.returncode == 0, run.stderr[-3000:]
+    main_runs, mf = tmp_path / "results" / "lpr_synth_smoke" / "runs", tmp_path / "results" / "mf_synth_smoke"
+    assert (mf / "data" / "test.json").exists() and (mf / "frames_64" / "index.json").exists()
+    # zero-shot: the main run's very checkpoint; fine-tuned: trained there from it
+    source = main_runs / "sgmn_wo_te" / "seed0" / "final.pt"
+    assert (mf / "runs" / "sgmn_wo_finetune" / "seed0" / "final.pt").read_bytes() == source.read_bytes()
+    params = json.loads((mf / "runs" / "sgmn" / "seed0" / "params.json").read_text())
+    assert params["init_checkpoint"].endswith("lpr_synth_smoke/runs/sgmn_wo_te/seed0/final.pt")
+    assert params["config"]["sgmn"]["te"] is False and params["config"]["dataset"]["format"] == "movingfashion"
+    seam = json.loads((mf / "runs" / "seam" / "seed0" / "params.json").read_text())["config"]
+    assert seam["method"] == "seam" and "sgmn" not in seam      # a run holds its own method's keys only
+    table2 = pd.read_csv(tmp_path / "results" / "lpr_synth_smoke" / "tables" / "table2.csv")
+    measured = table2.dropna(subset=["R@1"]).set_index("row_id")
+    assert set(measured.index) == {"seam", "sgmn_wo_finetune", "sgmn"}
+    assert table2["R@1_paper"].notna().all() and len(table2) == 7        # every published row listed
+    for row in measured.index:
+        metrics = json.loads((mf / "runs" / measured.loc[row, "variant"] / "seed0" / "metrics.json").read_text())
+        assert measured.loc[row, "R@1"] == pytest.approx(metrics["overall"]["R@1"])
+    tests = pd.read_csv(tmp_path / "results" / "lpr_synth_smoke" / "tables" / "paired_tests.csv")
+    assert {"sgmn vs seam", "sgmn vs sgmn_wo_finetune"} <= set(tests[tests["table"] == 2]["comparison"])

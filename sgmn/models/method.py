@@ -32,6 +32,9 @@ class RetrievalMethod(nn.Module):
     uses_text = False
     # submodules that only shape training (left out of the inference parameter count)
     training_only: tuple[str, ...] = ()
+    # whether `visual` is the pipeline's pretrained CLIP tower (SGMN, RICE): the trainer's
+    # train.clip_lr_scale and train.freeze_stem apply to it; False for backbones from scratch
+    pretrained_visual = True
 
     def __init__(self):
         super().__init__()

@@ -9,10 +9,13 @@ group's own lr), not inside the optimiser as in the original.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 # the open_clip VisionTransformer stem (patch embedding, class / position embeddings, ln_pre)
+log = logging.getLogger(__name__)
 STEM_PREFIXES = ("visual.conv1.", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre.")
 OPTIMIZERS = ("adam", "adamw", "bertadam")
 
@@ -109,6 +112,13 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     """The optimiser `name` (adam | adamw | bertadam) over `model`'s parameter groups."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{name}' (one of {', '.join(OPTIMIZERS)})")
+    inner = getattr(model, "module", model)
+    if not getattr(inner, "pretrained_visual", True) and (clip_lr_scale != 1.0 or freeze_stem):
+        # train.clip_lr_scale / freeze_stem fine-tune a pretrained CLIP tower; a backbone trained
+        # from scratch (most baselines) trains at the full rate, whole
+        log.info("%s trains its visual backbone from scratch: train.clip_lr_scale and train.freeze_stem "
+                 "do not apply", type(inner).__name__)
+        clip_lr_scale, freeze_stem = 1.0, False
     if freeze_stem:
         freeze_stem_(model)
     groups = param_groups(model, name, lr, weight_decay, clip_lr_scale)

@@ -160,7 +160,7 @@ def frame_store_on(cfg=None):
     """dataset.frame_store, null resolved: on for generated LPR4M-layout data, off for a real root."""
     d = (cfg or config)["dataset"]
     on = d.get("frame_store")
-    return (d["path"] is None if on is None else on) and d["format"] == "lpr4m"
+    return d["path"] is None if on is None else on
 
 
 def frame_store_inputs(base, run_config):

@@ -30,6 +30,9 @@ rule frame_store:
         directory("results/{ds}/frames_{size}"),
     wildcard_constraints:
         size=r"\d+",
+    params:
+        # videos keep the frames sampled at the dataset's L (MovingFashion layout)
+        num_frames=lambda wc: CONFIGS[wc.ds]["model"]["num_frames"],
     log:
         "logs/frame_store/{ds}/{size}.log",
     benchmark:
@@ -40,7 +43,8 @@ rule frame_store:
     conda:
         "../envs/sgmn.yaml"
     shell:
-        "sgmn frame-store --data {input} --size {wildcards.size} --out {output} > {log} 2>&1"
+        "sgmn frame-store --data {input} --size {wildcards.size} --num-frames {params.num_frames}"
+        " --out {output} > {log} 2>&1"
 
 
 rule resolve_config:
