@@ -1,1 +1,0 @@
-"""Baseline methods compared against SGMN; one module per method behind a registry."""
