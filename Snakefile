@@ -18,6 +18,7 @@ include: "workflow/rules/probes.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/curves.smk"
 include: "workflow/rules/fidelity.smk"
+include: "workflow/rules/download.smk"
 
 
 rule all:

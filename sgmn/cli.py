@@ -1,6 +1,7 @@
 """`sgmn` command line: one subcommand per DAG step, each runnable and testable alone.
 
     sgmn synth --preset default --seed 0 --out results/lpr_synth/data
+    sgmn index --shards DL/frames --shards DL/images --data DIR --out INDEX   # img2dataset shards
     sgmn resolve-config --config workflow/config/default.yaml --variant gra_only --out cfg.json
     sgmn pretrain-clip --config cfg.json --data DIR --out clip.pt
     sgmn text-features --config cfg.json --data DIR --clip-weights clip.pt --out TEXT_DIR
@@ -9,6 +10,8 @@
     sgmn evaluate --data DIR --scores scores.parquet --out metrics.json   # recompute from a table
     sgmn tables --runs results/lpr_synth/runs --config workflow/config/default.yaml --out results/lpr_synth/tables
     sgmn probes --config workflow/config/probes.yaml --root results/lpr_synth/probes --out results/lpr_synth/probes/probes.csv
+    sgmn fetch-weights --config workflow/config/lpr4m.yaml --out weights/   # offline machines: docs/offline.md
+    sgmn download-report --list train_frames results/lpr4m/download/train_frames urls.parquet --out report.json
 """
 from __future__ import annotations
 
@@ -126,7 +129,7 @@ def cmd_evaluate(args) -> None:
         fmt = args.format or detect_format(data)
         test = read_split(data, fmt, "test")
         scores, report = read_scores(args.scores)
-        metrics, per_query = metrics_from_scores(test, scores)
+        metrics, per_query = metrics_from_scores(test, scores, gallery=args.gallery or "all_images")
         metrics["score_table"] = {"path": str(args.scores), **report}
         metrics["provenance"] = provenance(None, None)
         metrics["provenance"]["scores"] = str(args.scores)
@@ -134,8 +137,11 @@ def cmd_evaluate(args) -> None:
         from sgmn.models.factory import load_model
         model, state = load_model(args.checkpoint)
         config = state["config"]
-        if args.format:
-            config["dataset"]["format"] = args.format
+        # the data's own layout, not the one the model was trained on (Table 2's zero-shot row
+        # scores an LPR-Synth checkpoint on MF-Synth)
+        config["dataset"]["format"] = args.format or detect_format(data)
+        if args.gallery:  # else the run config's evaluate.gallery (all_images when it predates the key)
+            config.setdefault("evaluate", {})["gallery"] = args.gallery
         _set_threads(args.threads)
         text_store = None
         if args.text_features:
@@ -151,9 +157,23 @@ def cmd_evaluate(args) -> None:
         write_table(per_query, args.per_query_out)
     write_json(metrics, args.out)
     o = metrics["overall"]
-    log.info("R@1 %.2f  R@5 %.2f  R@10 %.2f  R@mean %.2f  (n=%d, misses=%d, chance R@1 %.2f)",
-             o["R@1"], o["R@5"], o["R@10"], o["R@mean"], o["n"], metrics["n_misses"],
-             metrics["chance"]["R@1"])
+    log.info("R@1 %.2f  R@5 %.2f  R@10 %.2f  R@mean %.2f  (n=%d, misses=%d, chance R@1 %.2f; "
+             "gallery %s, %.1f images per query)", o["R@1"], o["R@5"], o["R@10"], o["R@mean"], o["n"],
+             metrics["n_misses"], metrics["chance"]["R@1"], metrics["gallery_unit"],
+             metrics["mean_gallery_size"] or 0.0)
+
+
+def cmd_gallery_stats(args) -> None:
+    """Gallery sizes of a test split under each gallery unit (docs/data_formats.md)."""
+    from sgmn.data.datasets import read_split
+    from sgmn.data.gallery_unit import gallery_stats
+    from sgmn.io import write_json
+    data = Path(args.data)
+    stats = gallery_stats(read_split(data, args.format or detect_format(data), "test"))
+    stats["data"] = str(data)
+    if args.out:
+        write_json(stats, args.out)
+    print(json.dumps(stats, indent=1))
 
 
 FRAME_STORE_HELP = "decoded frames of --data (`sgmn frame-store`); default: decode the files"
@@ -162,7 +182,25 @@ FRAME_STORE_HELP = "decoded frames of --data (`sgmn frame-store`); default: deco
 def cmd_frame_store(args) -> None:
     from sgmn.data.frame_store import build
     fmt = args.format or detect_format(Path(args.data))
-    log.info("wrote %s", build(args.data, args.size, args.out, fmt, args.num_frames))
+    log.info("wrote %s", build(args.data, args.size, args.out, fmt, args.num_frames, args.index))
+
+
+def cmd_index(args) -> None:
+    """Index img2dataset shards (frame / image id -> shard member); report what did not arrive."""
+    from sgmn.data.shard_index import IdRule, build_index
+    try:
+        IdRule(args.id_pattern, args.id_field)
+    except ValueError as err:
+        raise SystemExit(f"index: --id-pattern: {err}") from None
+    link = None if args.link_layout is None else (args.link_layout or args.data)
+    report = build_index(args.shards, args.out, args.id_pattern, args.id_field, args.data, args.processes, link)
+    ann, failed = report["annotations"], report["failed_downloads"]["count"]
+    log.info("wrote %s: %d ids from %d shards (%d failed downloads); %d of the %d ids the annotations name "
+             "have no file (%.3f%%, listed in %s)", args.out, report["rows"], report["shards"], failed,
+             ann["missing"], ann["named"], ann["missing_pct"], Path(args.out) / ann["list"])
+    if "links" in report:
+        log.info("hard links under %s: %d made, %d existing files kept", link, report["links"]["linked"],
+                 report["links"]["existing_kept"])
 
 
 def cmd_summarize(args) -> None:
@@ -176,6 +214,8 @@ def cmd_summarize(args) -> None:
         rows.append({"variant": conf.get("variant"), "seed": m["provenance"]["seed"],
                      **{k: m["overall"][k] for k in ("R@1", "R@5", "R@10", "R@mean", "n")},
                      "chance_R@1": m["chance"]["R@1"], "n_misses": m["n_misses"],
+                     # a metrics file without the key predates it: every evaluation then ranked all images
+                     "gallery": m.get("gallery_unit", "all_images"), "mean_gallery_size": m.get("mean_gallery_size"),
                      "commit": (m["provenance"]["git"] or {}).get("commit"), "metrics": str(path)})
     table = pd.DataFrame(rows).sort_values(["variant", "seed"])
     write_table(table, args.out)
@@ -324,6 +364,45 @@ def cmd_paper_checks(args) -> None:
             print(f"  table {r.table} {r.row_id} {r.subset} {r.metric} = {r.value}: {r.checks}")
 
 
+def cmd_download_report(args) -> None:
+    """Counts and failed urls of img2dataset output folders (the download rule's shards)."""
+    from sgmn.data.download import DownloadError, build_report
+    from sgmn.io import write_json
+    lists = [(name, folder, None if url_list == "-" else url_list) for name, folder, url_list in args.list]
+    if len({name for name, _, _ in lists}) != len(lists):
+        raise SystemExit("download-report: each --list needs a name of its own")
+    try:
+        report = build_report(lists, args.input_format)
+    except DownloadError as err:
+        raise SystemExit(f"download-report: {err}") from None
+    write_json(report, args.out)
+    t = report["total"]
+    log.info("wrote %s: %s urls attempted, %s arrived, %s failed (%s to download, %s to resize)", args.out,
+             t["attempted"], t["successes"], t["failed_count"], t["failed_to_download"], t["failed_to_resize"])
+    for problem in report["problems"]:
+        log.warning("%s", problem)
+    if args.require_complete and not report["complete"]:
+        raise SystemExit("download-report: the download did not finish (see above); run the download again: "
+                         "img2dataset's incremental mode keeps the finished shards "
+                         "(in the DAG: snakemake download_report --forcerun download)")
+
+
+def cmd_fetch_weights(args) -> None:
+    from sgmn.weights import fetch_weights, instructions, load_fetch_config, required_weights
+    config = load_fetch_config(args.config)
+    if args.list:
+        needs = required_weights(config)
+        for n in needs:
+            print(f"{n.kind}\t{n.name}{'/' + n.tag if n.tag else ''}\t{n.key}\truns: {' '.join(n.runs)}")
+        if not needs:
+            print("nothing to fetch: no run of this config downloads weights")
+        return
+    if not args.out:
+        raise SystemExit("fetch-weights: --out is required (except with --list)")
+    manifest = fetch_weights(config, args.out, dest=args.dest, cache_dir=args.cache_dir, sources=args.config)
+    print(instructions(manifest, args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgmn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -375,11 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_train)
 
+    from sgmn.data.gallery_unit import GALLERY_UNITS  # light: the data layer's id rules only
     s = sub.add_parser("evaluate", help="score a checkpoint, or recompute metrics from a score table")
     s.add_argument("--data", required=True, help="dataset root (only its test files are read)")
     s.add_argument("--checkpoint", help="final.pt of a run")
     s.add_argument("--scores", help="long-format table (CSV or Parquet): video_id, image_id, score")
     s.add_argument("--format", choices=["lpr4m", "movingfashion"], help="default: detected from --data")
+    s.add_argument("--gallery", choices=GALLERY_UNITS,
+                   help="gallery unit (evaluate.gallery, docs/data_formats.md); default: the checkpoint's "
+                        "run config, or all_images with --scores")
     s.add_argument("--out", required=True, help="metrics JSON")
     s.add_argument("--scores-out", help="where to save the score table (Parquet or CSV)")
     s.add_argument("--per-query-out", help="per-query ranks and hits (for paired tests)")
@@ -388,13 +471,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("gallery-stats", help="gallery sizes of a test split under each gallery unit (JSON)")
+    s.add_argument("--data", required=True, help="dataset root (only its test files are read)")
+    s.add_argument("--format", choices=["lpr4m", "movingfashion"], help="default: detected from --data")
+    s.add_argument("--out", help="also write the JSON here")
+    s.set_defaults(func=cmd_gallery_stats)
+
     s = sub.add_parser("frame-store", help="decode every frame, video and image of a dataset root once (uint8, memory-mapped)")
     s.add_argument("--data", required=True, help="dataset root (LPR4M or MovingFashion layout)")
     s.add_argument("--format", choices=["lpr4m", "movingfashion"], help="default: detected from --data")
     s.add_argument("--size", type=int, required=True, help="side in pixels: the model's model.image_size")
     s.add_argument("--num-frames", type=int, default=8, help="frames kept per video: the model's model.num_frames (videos only)")
     s.add_argument("--out", required=True, help="store directory (pixels.npy, index.json)")
+    s.add_argument("--index", help="read the frames and images through this shard index (`sgmn index`)")
     s.set_defaults(func=cmd_frame_store)
+
+    s = sub.add_parser("index", help="index img2dataset shards: frame / image id -> shard member; report the ids that did not arrive")
+    s.add_argument("--shards", action="append", required=True, metavar="DIR",
+                   help="an img2dataset output folder (NNNNN/ folders or NNNNN.tar files); repeat for several")
+    s.add_argument("--data", required=True, help="the LPR4M root whose annotation files name the ids (missing-id report)")
+    s.add_argument("--out", required=True, help="index directory (keys.npy, ..., meta.json, report.json, missing_ids.tsv)")
+    s.add_argument("--id-pattern", help="regex with one named group `id` searched in each sidecar's url "
+                                        "(default: the url's file name without suffix, LPR4M's .../{id}.jpg)")
+    s.add_argument("--id-field", help="take the id from this sidecar field as it is (a url list's id column) instead of the url")
+    s.add_argument("--link-layout", nargs="?", const="", metavar="DIR",
+                   help="also hard-link LPR4M's layout (frames/{clip_id}/{frame_id}.jpg, images/{image_id}.jpg) "
+                        "under DIR (default: --data) from files-format shards")
+    s.add_argument("--processes", type=int, default=0, help="worker processes reading the shards (0: up to 8)")
+    s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("summarize", help="collect run metrics into one CSV (+ Markdown) table")
     s.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of the runs")
@@ -470,6 +574,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", default=None, help="directory of the CSVs (default: the repository's workflow/paper)")
     s.add_argument("--write-checks", action="store_true", help="rewrite the checks column of every CSV")
     s.set_defaults(func=cmd_paper_checks)
+
+    s = sub.add_parser("fetch-weights", help="download the pretrained weights a config needs (open_clip, ChineseCLIP) for machines without internet")
+    s.add_argument("--config", nargs="+", required=True, metavar="FILE",
+                   help="config YAML(s), layered on workflow/config/default.yaml as `snakemake --configfile` does "
+                        "(e.g. workflow/config/lpr4m.yaml), or one resolved run config (JSON)")
+    s.add_argument("--out", help="weights folder: open_clip/*.safetensors, chinese_clip/*/, manifest.json, config.yaml, SHA256SUMS")
+    s.add_argument("--dest", help="where the folder will be on the machines without internet (default: OUT's absolute path); config.yaml's paths start there")
+    s.add_argument("--cache-dir", help="download cache (default: the Hugging Face cache, $HF_HUB_CACHE or $HF_HOME/hub)")
+    s.add_argument("--list", action="store_true", help="only list what the config's runs download")
+    s.set_defaults(func=cmd_fetch_weights)
+
+    s = sub.add_parser("download-report", help="counts and failed urls of img2dataset downloads (download_report.json)")
+    s.add_argument("--list", nargs=3, action="append", required=True, metavar=("NAME", "FOLDER", "URL_LIST"),
+                   help="a URL list's name, its img2dataset output folder, and the list itself ('-': unknown, "
+                        "the urls not attempted are not counted); repeat per list")
+    s.add_argument("--input-format", help="img2dataset's --input_format of the lists (default: from each file's suffix)")
+    s.add_argument("--require-complete", action="store_true",
+                   help="exit non-zero (after writing the report) when a shard did not finish or urls were not attempted")
+    s.add_argument("--out", required=True, help="JSON report (written atomically)")
+    s.set_defaults(func=cmd_download_report)
     return p
 
 

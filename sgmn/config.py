@@ -8,6 +8,7 @@ fails in both places with a message naming the key and, for YAML files, the file
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from pathlib import Path
@@ -20,7 +21,7 @@ from sgmn.fidelity import apply_fidelity
 
 from sgmn.paths import REPO_ROOT, SCHEMA_PATH, VARIANTS_PATH  # noqa: F401  (re-exported)
 RUN_MATRIX_KEYS = ("variants", "seeds", "seeds_by_variant", "variants_file", "probes", "curves",
-                   "bench", "table2")  # the DAG's keys, not one run's config
+                   "bench", "table2", "download")  # the DAG's keys, not one run's config
 
 
 class ConfigError(ValueError):
@@ -28,9 +29,17 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    """The schema as a fresh dict (callers may change it). Parsed once per file version:
+    resolving a variant reads it several times, and the DAG resolves every variant at start."""
     if not path.exists():
         raise ConfigError(f"config schema not found at {path} (a broken install: reinstall the sgmn package)")
-    return yaml_load(path.read_text())
+    stat = Path(path).stat()
+    return copy.deepcopy(_parsed_schema(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_schema(path: str, mtime_ns: int, size: int) -> dict:
+    return yaml_load(Path(path).read_text())
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -183,10 +192,11 @@ def load_config(path: str | Path) -> dict:
 
 def revalidate_resolved(data: dict, source: str, key_lines: dict | None = None) -> dict:
     """A resolved variant config (`variant` set), validated again and complete as
-    `resolve_variant` wrote it: no run-matrix keys, no other method's section."""
+    `resolve_variant` wrote it: no run-matrix keys, no other method's section, no unset
+    dataset.index."""
     run_keys = {k: data[k] for k in ("variant", "seed") if k in data}
     config = apply_fidelity(validate(strip_run_keys(data), source, key_lines))
-    return {**without_other_methods(without_run_matrix(config)), **run_keys}
+    return {**without_unset_index(without_other_methods(without_run_matrix(config))), **run_keys}
 
 
 def resolve_run_config(config: dict) -> dict:
@@ -231,6 +241,16 @@ def load_variants(path: str | Path = VARIANTS_PATH) -> dict[str, dict]:
     path = Path(path)
     if not path.is_absolute() and not path.exists():
         path = REPO_ROOT / path
+    if not path.exists():
+        raise FileNotFoundError(f"variants file {path} not found")
+    stat = path.stat()
+    return copy.deepcopy(_checked_variants(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_variants(path: str, mtime_ns: int, size: int) -> dict[str, dict]:
+    """load_variants' parse and checks, once per file version (every resolve_variant reads it)."""
+    path = Path(path)
     data, lines = load_yaml(path)
     variants = data.get("variants")
     if not isinstance(variants, dict) or not variants:
@@ -269,7 +289,7 @@ def resolve_variant(config: dict, variant: str, variants: dict[str, dict] | None
     merged.pop("variants", None)
     merged.pop("seeds", None)
     resolved = apply_fidelity(validate(merged, f"{variants_path} (variant '{variant}')"))
-    resolved = without_other_methods(without_run_matrix(resolved))
+    resolved = without_unset_index(without_other_methods(without_run_matrix(resolved)))
     resolved["variant"] = variant
     return resolved
 
@@ -279,6 +299,16 @@ def without_other_methods(config: dict) -> dict:
     own method's keys only, so adding a method's keys to the schema reruns no other method)."""
     methods = load_schema()["properties"]["method"]["enum"]
     return {k: v for k, v in config.items() if k not in methods or k == config.get("method", "sgmn")}
+
+
+def without_unset_index(config: dict) -> dict:
+    """The config without `dataset.index` while it is unset (no shards, no path): a run that
+    reads the plain layout keeps the config it had before the key existed (no rerun)."""
+    dataset = config.get("dataset") or {}
+    index = dataset.get("index")
+    if index is None or index.get("shards") or index.get("path"):
+        return config
+    return {**config, "dataset": {k: v for k, v in dataset.items() if k != "index"}}
 
 
 def table2_config(config: dict) -> dict | None:

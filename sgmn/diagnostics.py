@@ -31,10 +31,11 @@ PARTS = {"visual": "visual.", "text_filter": "filters.", "tmc": "tmc."}
 
 
 def _batch(config: dict, seed: int, data_dir, store):
-    from sgmn.data.datasets import ClipPairDataset, collate, read_split
+    from sgmn.data.datasets import ClipPairDataset, collate, index_of, read_split
     from sgmn.train.loop import StepBatchSampler
     from sgmn.train.retrieval import add_text_features
-    clips = read_split(data_dir, config["dataset"]["format"], "train", config["dataset"]["on_bad_line"])
+    clips = read_split(data_dir, config["dataset"]["format"], "train", config["dataset"]["on_bad_line"],
+                       index=index_of(config["dataset"]))
     dataset = ClipPairDataset(clips, config["model"]["num_frames"], config["model"]["image_size"],
                               config["dataset"]["on_bad_frame"])
     t = config["train"]

@@ -197,3 +197,24 @@ def test_missing_gallery_image_is_reported_and_ranked_last(data):
     ranks = per_query.set_index("video_id")["rank"]
     assert ranks[Q1] == 5                                  # its only ground truth, unscored, is last
     assert metrics["overall"]["n"] == 3 and metrics["n_misses"] == 0
+
+
+def test_score_table_runs_a_learned_pairwise_score_without_autograd():
+    """Regression: SEAM's and AsymNet's `score` is a network with trainable weights; the score
+    table once called it with autograd on and failed on `.numpy()`."""
+    import torch
+    from sgmn.evaluate.run import score_table
+    test = lpr4m.read_test(FIXTURE)
+    queries = [q.video_id for q in test.queries]
+    images = sorted({g for gallery in test.gallery.values() for g in gallery})
+    head = torch.nn.Linear(4, 1)                                   # requires grad
+    def pairwise(clip_emb, image_emb):                              # (Q, D), (G, D) -> (Q, G)
+        pairs = clip_emb[:, None, :] * image_emb[None, :, :]
+        return head(pairs).squeeze(-1)
+    q_emb, i_emb = torch.randn(len(queries), 4), torch.randn(len(images), 4)
+    table = score_table(test, queries, q_emb, images, i_emb, pairwise)
+    first = test.queries[0]
+    row = table[(table["video_id"] == first.video_id)].iloc[0]
+    expected = pairwise(q_emb[[0]], i_emb[[images.index(row["image_id"])]]).item()
+    assert row["score"] == pytest.approx(expected, rel=1e-5)
+    assert len(table) == sum(len(test.gallery_of(q)) for q in test.queries)

@@ -47,11 +47,15 @@ def test_rule_envs_exist_and_use_the_same_pins():
     for env_file in sorted((REPO / "workflow" / "envs").glob("*.yaml")):
         pins = _pins(_conda_pip(env_file))
         assert pins, env_file
+        if env_file.name == "img2dataset.yaml":  # img2dataset alone (it pins pandas<3), never with the suite
+            from sgmn.data.download import IMG2DATASET_VERSION
+            assert pins == {"img2dataset": IMG2DATASET_VERSION}, f"{env_file.name}: {pins}"
+            continue
         for name, version in pins.items():
             assert declared.get(name) == version, f"{env_file.name}: {name}=={version} vs pyproject {declared.get(name)}"
     for rules in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         text = rules.read_text()
-        n_rules = len(re.findall(r"^rule \w+:", text, re.M))
+        n_rules = len(re.findall(r"^\s*rule \w+:", text, re.M))   # also rules defined under an `if`
         envs = re.findall(r'conda:\s*\n\s*"([^"]+)"', text)
         assert len(envs) == n_rules, f"{rules.name}: every rule names a conda env"
         for env in envs:

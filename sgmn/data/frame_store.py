@@ -16,7 +16,9 @@ it (evenly spaced, so always the same ones); a clip read at another L is decoded
 The loaders then read rows instead of files, with identical tensors (tests/test_frame_store.py).
 The signature hashes each stored file's path, size and modification time: a store opened
 against a root whose files changed is refused, never silently used. A file that could not be
-decoded is not stored, so reading it fails as it would without a store.
+decoded is not stored, so reading it fails as it would without a store. Frames and images read
+through a shard index (`build(..., index=DIR)`, sgmn.data.shard_index) are stored under their
+LPR4M-layout paths; the signature then hashes those and the index's shard fingerprint.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sgmn.data.frames import FrameReadError, _resized, read_image, read_video
+from sgmn.data.shard_index import ShardIndex, ShardRef, fingerprint
 
 log = logging.getLogger(__name__)
 VERSION = 2  # 2: videos (num_frames, videos)
@@ -49,17 +52,41 @@ def _signature(root: Path, files: list[str]) -> str:
     return h.hexdigest()
 
 
-def dataset_files(root: str | Path, fmt: str = "lpr4m") -> tuple[list[str], list[str]]:
-    """(image files, video files) the loaders can read under `root`, relative, sorted: every
-    frame and shop image of an LPR4M-layout root; MovingFashion's shop images and videos."""
+def _index_signature(index: str | Path, files: list[str]) -> str:
+    """The signature of files read through a shard index: their paths, the index's id rule and
+    size, and its shards' fingerprint now (a shard rewritten since changes it)."""
+    meta = ShardIndex(index).meta
+    h = hashlib.sha1(json.dumps([fingerprint(meta["shards"]), meta["id_pattern"], meta["id_field"],
+                                 meta["rows"]]).encode())
+    for rel in files:
+        h.update(f"{rel}\n".encode())
+    return h.hexdigest()
+
+
+def _rel_of(path, root: Path) -> str:
+    """The path under `root` of a file, or the LPR4M-layout path of a ShardRef."""
+    return path.rel if isinstance(path, ShardRef) else os.path.relpath(path, root)
+
+
+def dataset_sources(root: str | Path, fmt: str = "lpr4m", index: str | Path | None = None
+                    ) -> tuple[dict, list[str]]:
+    """({relative path: what read_image reads}, relative video files) of every frame and shop
+    image of an LPR4M-layout root (through `index` when given); MovingFashion's shop images and
+    videos."""
     from sgmn.data.datasets import read_split
     root = Path(root)
-    train, test = read_split(root, fmt, "train", "skip"), read_split(root, fmt, "test")
-    paths = {p for c in train + test.queries for p in (c.frame_paths or [])}
-    paths |= {c.image_path for c in train} | set(test.image_paths.values())
+    train, test = read_split(root, fmt, "train", "skip", index=index), read_split(root, fmt, "test", index=index)
+    paths = [p for c in train + test.queries for p in (c.frame_paths or [])]
+    paths += [c.image_path for c in train] + list(test.image_paths.values())
     videos = {c.video_path for c in train + test.queries if c.video_path is not None}
-    rel = lambda ps: sorted({os.path.relpath(p, root) for p in ps})  # noqa: E731
-    return rel(paths), rel(videos)
+    return {_rel_of(p, root): p for p in paths}, sorted({_rel_of(v, root) for v in videos})
+
+
+def dataset_files(root: str | Path, fmt: str = "lpr4m", index: str | Path | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """(image files, video files) the loaders can read under `root`, relative, sorted."""
+    sources, videos = dataset_sources(root, fmt, index)
+    return sorted(sources), videos
 
 
 def _video_rows(root: Path, videos: list[str], num_frames: int, size: int):
@@ -73,11 +100,14 @@ def _video_rows(root: Path, videos: list[str], num_frames: int, size: int):
         yield rel, n, np.stack([_resized(a, size) for a in rgb])
 
 
-def build(root: str | Path, size: int, out: str | Path, fmt: str = "lpr4m", num_frames: int = 8) -> Path:
-    """Decode every file of `root` at `size` into `out` (written to a sibling, then renamed);
-    videos keep the `num_frames` frames the loaders sample."""
+def build(root: str | Path, size: int, out: str | Path, fmt: str = "lpr4m", num_frames: int = 8,
+          index: str | Path | None = None) -> Path:
+    """Decode every file of `root` (read through the shard index `index` when given) at `size`
+    into `out` (written to a sibling, then renamed); videos keep the `num_frames` frames the
+    loaders sample."""
     root, out = Path(root), Path(out)
-    files, videos = dataset_files(root, fmt)
+    sources, videos = dataset_sources(root, fmt, index)
+    files = sorted(sources)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -87,7 +117,7 @@ def build(root: str | Path, size: int, out: str | Path, fmt: str = "lpr4m", num_
     kept, failed, stored_videos, row = [], [], {}, 0
     for rel in tqdm(files, desc="frame store: images", file=sys.stderr, mininterval=15.0):
         try:
-            pixels[row] = _resized(read_image(root / rel), size)
+            pixels[row] = _resized(read_image(sources[rel]), size)
         except FrameReadError as err:
             failed.append(str(err))
             continue
@@ -108,10 +138,12 @@ def build(root: str | Path, size: int, out: str | Path, fmt: str = "lpr4m", num_
         np.save(tmp / "pixels.part.npy", full[:row])
         del full
         os.replace(tmp / "pixels.part.npy", tmp / "pixels.npy")
-    index = {"version": VERSION, "size": size, "files": kept,
-             "signature": _signature(root, kept + sorted(stored_videos)), "unreadable": failed,
-             "num_frames": num_frames, "videos": stored_videos}
-    (tmp / "index.json").write_text(json.dumps(index))
+    signature = (_signature(root, kept + sorted(stored_videos)) if index is None
+                 else _index_signature(index, kept))
+    meta = {"version": VERSION, "size": size, "files": kept, "signature": signature, "unreadable": failed,
+            "num_frames": num_frames, "videos": stored_videos,
+            "shard_index": None if index is None else str(Path(index).resolve())}
+    (tmp / "index.json").write_text(json.dumps(meta))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     log.info("stored %d files and %d videos (%d frames each at most) at %d px in %s (%d unreadable, not stored)",
@@ -134,10 +166,7 @@ class FrameStore:
                                   f"{VERSION}: rebuild it with `sgmn frame-store`")
         self.videos = index.get("videos", {})
         self.num_frames = index.get("num_frames")
-        try:
-            signature = _signature(self.root, index["files"] + sorted(self.videos))
-        except FileNotFoundError as err:
-            raise FrameStoreError(f"{store} does not belong to {root}: {err.filename} is missing") from None
+        signature = self._signature(store, index)
         if signature != index["signature"]:
             raise FrameStoreError(f"{store} is stale: files under {root} changed since it was built "
                                   f"(rebuild it with `sgmn frame-store --data {root} --out {store}`)")
@@ -146,7 +175,21 @@ class FrameStore:
         self.pixels = np.load(store / "pixels.npy", mmap_mode="r")
         self._prefix = str(self.root) + os.sep
 
-    def _rel(self, path: str | Path) -> str:
+    def _signature(self, store: Path, index: dict) -> str:
+        """The signature of the files as they are now (refused when one is missing)."""
+        if index.get("shard_index"):
+            try:
+                return _index_signature(index["shard_index"], index["files"])
+            except (FileNotFoundError, LookupError) as err:
+                raise FrameStoreError(f"{store}: its shard index cannot be checked ({err})") from None
+        try:
+            return _signature(self.root, index["files"] + sorted(self.videos))
+        except FileNotFoundError as err:
+            raise FrameStoreError(f"{store} does not belong to {self.root}: {err.filename} is missing") from None
+
+    def _rel(self, path) -> str:
+        if isinstance(path, ShardRef):
+            return path.rel
         path = str(path)
         return path[len(self._prefix):] if path.startswith(self._prefix) else os.path.relpath(path, self.root)
 

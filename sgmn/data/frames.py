@@ -7,6 +7,8 @@ mean/std.
 """
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +49,23 @@ def to_tensor(rgb: np.ndarray, size: int) -> torch.Tensor:
     return normalise(_resized(rgb, size))
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """A JPEG/PNG as (H, W, 3) uint8; a missing or corrupt file raises FrameReadError."""
+def _source(path):
+    """What PIL opens: a file path as it is, or the bytes of a frame or image read through a
+    shard index (sgmn.data.shard_index.ShardRef; LookupError: it has none)."""
+    if isinstance(path, (str, os.PathLike)):
+        return path
     try:
-        with Image.open(path) as img:
+        return io.BytesIO(path.read_bytes())
+    except LookupError as err:
+        raise FrameReadError(f"{path}: {err}") from None
+
+
+def read_image(path) -> np.ndarray:
+    """A JPEG/PNG (a path, or a ShardRef) as (H, W, 3) uint8; a missing or corrupt file raises
+    FrameReadError."""
+    source = _source(path)
+    try:
+        with Image.open(source) as img:
             return np.asarray(img.convert("RGB"))
     except FileNotFoundError:
         raise FrameReadError(f"{path}: file not found") from None

@@ -166,8 +166,30 @@ def image_path(root: Path, image_id: str) -> Path:
     return root / "images" / f"{image_id}.jpg"
 
 
+class FolderMedia:
+    """Where the loaders find frames and images: files in LPR4M's layout under `root` (the
+    default). sgmn.data.shard_index.IndexMedia has the same methods over img2dataset shards."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def frame(self, frame_id: str) -> Path:
+        return frame_path(self.root, frame_id)
+
+    def image(self, image_id: str) -> Path:
+        return image_path(self.root, image_id)
+
+    def clip_frames(self, clip_id: str) -> list[Path] | None:
+        """Every frame file of a clip (1 fps, not only the annotated ones), or None when the
+        clip has no folder."""
+        clip_dir = self.root / "frames" / clip_id
+        return sorted(clip_dir.glob("*.jpg")) if clip_dir.is_dir() else None
+
+
 def parse_training_line(line: str, root: Path, path: Path, lineno: int,
-                        names: list[str] | None = None) -> Clip:
+                        names: list[str] | None = None, media=None) -> Clip:
+    """One training clip; media (FolderMedia(root) by default) turns ids into frames/images."""
+    media = media or FolderMedia(root)
     fields = line.rstrip("\r\n").split("\t")
     if names is None:
         if len(fields) == len(FIELDS):
@@ -201,8 +223,8 @@ def parse_training_line(line: str, root: Path, path: Path, lineno: int,
     extra["pixel_boxes"] = pixel
     return Clip(
         video_id=video_id, live_id=live_id_of(video_id),
-        frame_paths=[frame_path(root, f) for f in frame_ids], frame_boxes=boxes,
-        image_id=image_id, image_path=image_path(root, image_id),
+        frame_paths=[media.frame(f) for f in frame_ids], frame_boxes=boxes,
+        image_id=image_id, image_path=media.image(image_id),
         title=row["title"], asr=row["asr"], category_id=category_id,
         category_name=row["category_name"], extra=extra, source=f"{path}:{lineno}")
 
@@ -223,17 +245,25 @@ def attach_synth_targets(root: Path, clips: list[Clip]) -> list[Clip]:
 
 
 def read_training(root: str | Path, on_bad_line: str = "error",
-                  skipped: list[str] | None = None) -> list[Clip]:
+                  skipped: list[str] | None = None, media=None) -> list[Clip]:
     """All clips of `training_videoinfo_full_*.txt`, in part order then line order.
 
     With on_bad_line="skip", a bad line is logged, appended to `skipped` and left out.
+    media: where frames and images are (FolderMedia(root) by default; IndexMedia for shards).
     """
+    return attach_synth_targets(Path(root), list(iter_training(root, on_bad_line, skipped, media)))
+
+
+def iter_training(root: str | Path, on_bad_line: str = "error", skipped: list[str] | None = None,
+                  media=None):
+    """read_training's clips one at a time (without synth targets), for a pass over LPR4M's
+    4M clips that need not hold them all."""
     root = Path(root)
+    media = media or FolderMedia(root)
     parts = sorted(root.glob("training_videoinfo_full_*.txt"),
                    key=lambda p: int(re.sub(r"\D", "", p.stem.rsplit("_", 1)[-1]) or 0))
     if not parts:
         raise FileNotFoundError(f"{root}: no training_videoinfo_full_*.txt (is this an LPR4M root?)")
-    clips = []
     for part in parts:
         names = None
         for lineno, line in _read_lines(part, on_bad_line, skipped):
@@ -247,14 +277,13 @@ def read_training(root: str | Path, on_bad_line: str = "error",
                                           f"(expected {FIELDS} [+ spu_id])")
                 continue
             try:
-                clips.append(parse_training_line(line, root, part, lineno, names))
+                yield parse_training_line(line, root, part, lineno, names, media)
             except AnnotationError as err:
                 if on_bad_line == "error":
                     raise
                 log.warning("skipping bad annotation line: %s", err)
                 if skipped is not None:
                     skipped.append(str(err))
-    return attach_synth_targets(root, clips)
 
 
 def _read_lines(path: Path, on_bad_line: str = "error", skipped: list[str] | None = None):
@@ -327,9 +356,11 @@ def _id_lists(path: Path, obj: dict, what: str, single_ok: bool) -> tuple[dict[s
     return out, stripped
 
 
-def read_test(root: str | Path) -> TestSet:
-    """The five test files (and the optional category file) of an LPR4M root."""
+def read_test(root: str | Path, media=None) -> TestSet:
+    """The five test files (and the optional category file) of an LPR4M root; media as in
+    read_training."""
     root = Path(root)
+    media = media or FolderMedia(root)
     asr_path = find_one(root, "test_videoid_asr_*.txt")
     asr = {k: v[0] for k, v in _read_tsv_pairs(asr_path).items()}
     titles = {k: v[0] for k, v in _read_tsv_pairs(find_one(root, "test_image_title_*.txt")).items()}
@@ -371,11 +402,9 @@ def read_test(root: str | Path) -> TestSet:
             problems.extend(f"{box_path}: boxes of {video_id}: {note}" for note in notes)
         else:
             problems.append(f"{box_path}: no boxes for {video_id} (its subsets are unknown)")
-        clip_dir = root / "frames" / video_id
-        if clip_dir.is_dir():  # every frame on disk, not only the annotated ones (1 every 3 s)
-            paths = sorted(clip_dir.glob("*.jpg"))
-        else:
-            paths = [frame_path(root, f) for f in frame_ids]
+        paths = media.clip_frames(video_id)  # every frame on disk, not only the annotated ones (1 every 3 s)
+        if paths is None:
+            paths = [media.frame(f) for f in frame_ids]
         if video_id not in asr:
             problems.append(f"{asr_path}: no ASR line for {video_id} (empty ASR used)")
         queries.append(Clip(
@@ -385,5 +414,5 @@ def read_test(root: str | Path) -> TestSet:
     image_ids = {i for ids in gallery.values() for i in ids} | {i for ids in gt.values() for i in ids}
     attach_synth_targets(root, queries)
     return TestSet(queries=queries, gallery={k: list(v) for k, v in gallery.items()}, gt=gt,
-                   image_paths={i: image_path(root, i) for i in sorted(image_ids)},
+                   image_paths={i: media.image(i) for i in sorted(image_ids)},
                    titles=titles, categories=categories, problems=problems)

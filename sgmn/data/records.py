@@ -47,6 +47,9 @@ class TestSet:
     titles: dict[str, str]             # image_id -> title (main images only)
     categories: dict[str, str] = field(default_factory=dict)  # video_id -> category name
     problems: list[str] = field(default_factory=list)          # annotation problems kept, not dropped
+    # evaluate.gallery applied by sgmn.data.gallery_unit (None: the files as loaded) and its report
+    gallery_unit: str | None = None
+    gallery_report: dict = field(default_factory=dict)
 
     def gallery_of(self, clip: Clip) -> list[str]:
         return self.gallery.get(clip.live_id or "all", [])

@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sgmn.data.frame_store import open_store
-from sgmn.data.datasets import ImageDataset, QueryDataset, collate, read_split
+from sgmn.data.datasets import ImageDataset, QueryDataset, collate, index_of, read_split
+from sgmn.data.gallery_unit import DEFAULT_UNIT, apply_gallery_unit
 from sgmn.data.lpr4m import normalise_boxes
 from sgmn.data.records import AnnotationError, TestSet
 from sgmn.data.subsets import subset_labels
@@ -130,7 +131,8 @@ def score_table(test: TestSet, query_ids, query_emb, image_ids, image_emb, score
         gids = [g for g in test.gallery.get(key, []) if g in ipos]
         if not gids:
             continue
-        s = score_fn(query_emb[[qpos[v] for v in vids]], image_emb[[ipos[g] for g in gids]])  # (Q, G)
+        with torch.no_grad():   # a learned pairwise score (AsymNet, SEAM) is a network
+            s = score_fn(query_emb[[qpos[v] for v in vids]], image_emb[[ipos[g] for g in gids]])  # (Q, G)
         frames.append(pd.DataFrame({"video_id": np.repeat(vids, len(gids)),
                                     "image_id": np.tile(gids, len(vids)),
                                     "score": s.numpy().ravel()}))
@@ -145,7 +147,10 @@ def evaluate_model(model, config: dict, data_dir: str | Path, text_store=None, f
     A model with a text branch scores with Eq. 23 and needs the text feature cache (text_store).
     frame_store: a directory built by `sgmn frame-store` for this data (decoded frames), or None.
     """
-    test = read_split(data_dir, config["dataset"]["format"], "test")
+    # the gallery unit is applied before encoding, so only the images it keeps are scored
+    test = apply_gallery_unit(read_split(data_dir, config["dataset"]["format"], "test",
+                                         index=index_of(config["dataset"])),
+                              config["evaluate"].get("gallery", DEFAULT_UNIT))
     store = open_store(frame_store, data_dir)
     device = next(model.parameters()).device
     model.eval()
@@ -161,8 +166,18 @@ def evaluate_model(model, config: dict, data_dir: str | Path, text_store=None, f
     return scores, metrics, per_query
 
 
-def metrics_from_scores(test: TestSet, scores: pd.DataFrame, unreadable: dict | None = None):
+def metrics_from_scores(test: TestSet, scores: pd.DataFrame, unreadable: dict | None = None,
+                        gallery: str | None = None):
+    """Metrics and the per-query table of a score table on a test split.
+
+    gallery: the gallery unit (evaluate.gallery); None keeps the one the split already has,
+    or all_images for a split as read. The metrics record it under `gallery_unit` (with
+    `mean_gallery_size`, the mean over queries of the images each was ranked against).
+    """
+    test = apply_gallery_unit(test, gallery or test.gallery_unit or DEFAULT_UNIT)
     queries = build_queries(test)
     metrics = compute_metrics(scores, queries, unreadable or {})
     metrics["annotation_problems"] = test.problems
+    metrics["gallery_unit"] = test.gallery_unit
+    metrics["gallery_unit_report"] = test.gallery_report
     return metrics, rank_queries(scores, queries, unreadable or {})

@@ -60,6 +60,8 @@ PAIRED_COLUMNS = ["table", "comparison", "subset", "variant_a", "variant_b", "se
                   "seed_sd", "paper_diff", "direction"]
 CI_METHOD = "two-level bootstrap: seeds, then queries within seed"
 _BOOT_CELLS = 4_000_000  # resampled queries held at once (bounds the bootstrap's memory)
+# evaluate.gallery of a metrics.json that predates the key: every evaluation then ranked all images
+LEGACY_GALLERY = "all_images"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,8 +212,25 @@ def _overall(runs_dir: Path, variant: str, seeds: list[int]) -> dict[int, dict]:
         if not path.exists():
             log.warning("no run %s: %s seed %d left out", path, variant, s)
             continue
-        out[s] = json.loads(path.read_text())["overall"]
+        m = json.loads(path.read_text())
+        out[s] = {**m["overall"], **_gallery_of(m)}
     return out
+
+
+def _gallery_of(metrics: dict) -> dict:
+    """A run's gallery unit and mean gallery size per query (NaN when not recorded)."""
+    size = metrics.get("mean_gallery_size")
+    return {"gallery": metrics.get("gallery_unit", LEGACY_GALLERY),
+            "mean_gallery_size": math.nan if size is None else float(size)}
+
+
+def _gallery_cells(runs: Iterable[dict]) -> dict:
+    """The ``gallery`` (units of the runs, comma-joined; None without runs) and
+    ``mean_gallery_size`` (mean over the runs) cells of a table row."""
+    runs = list(runs)
+    sizes = [r["mean_gallery_size"] for r in runs if not math.isnan(r["mean_gallery_size"])]
+    return {"gallery": ",".join(sorted({r["gallery"] for r in runs})) or None,
+            "mean_gallery_size": float(np.mean(sizes)) if sizes else math.nan}
 
 
 def _metrics(runs_dir: Path, variant: str, seeds: list[int]) -> dict[int, dict]:
@@ -295,13 +314,14 @@ def _method_table(n: int, runs_dir: Path, variants: Mapping[str, Mapping], seeds
                     chosen[(n, p["row_id"])] = vid
             rec["n_seeds"] = len(overall)
             rec["seeds"] = ",".join(str(s) for s in sorted(overall))
+            rec.update(_gallery_cells(overall.values()))
             for m in METRICS:
                 mean, half = seed_ci(o[m] for o in overall.values()) if overall else (math.nan, math.nan)
                 rec[m], rec[f"{m}_ci"], rec[f"{m}_paper"] = mean, half, p[f"{m}_paper"]
                 rec[f"{m}_delta"] = mean - p[f"{m}_paper"]
             rec["paper_checks"] = p["paper_checks"]
             rows.append(rec)
-    cols = (["table", "row_id", "method", "variant"] + switches + ["n_seeds", "seeds"]
+    cols = (["table", "row_id", "method", "variant"] + switches + ["n_seeds", "seeds", "gallery", "mean_gallery_size"]
             + [f"{m}{s}" for m in METRICS for s in ("", "_ci", "_paper", "_delta")] + ["paper_checks"])
     return pd.DataFrame(rows, columns=cols)
 
@@ -400,8 +420,8 @@ def _test_record(n: int, comparison: str, subset: str, va: str, vb: str, res: di
             "direction": direction(res["diff"], res["ci_low"], res["ci_high"], paper_diff)}
 
 
-TABLE4_COLUMNS = ["table", "row_id", "method", "variant", "subset", "n_seeds", "seeds", "n_queries",
-                  "R@1", "R@1_ci", "R@1_paper", "R@1_delta"]
+TABLE4_COLUMNS = ["table", "row_id", "method", "variant", "subset", "n_seeds", "seeds", "gallery",
+                  "mean_gallery_size", "n_queries", "R@1", "R@1_ci", "R@1_paper", "R@1_delta"]
 
 
 def build_table4(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable | Mapping,
@@ -431,6 +451,7 @@ def build_table4(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable |
             rows.append({"table": 4, "row_id": p["row_id"], "method": p["method"], "variant": vid,
                          "subset": p["subset"], "n_seeds": len(values),
                          "seeds": ",".join(str(s) for s in sorted(runs)),
+                         **_gallery_cells(_gallery_of(m) for m in runs.values()),
                          "n_queries": n_q[0] if n_q else None, "R@1": mean, "R@1_ci": half,
                          "R@1_paper": p["value"], "R@1_delta": mean - p["value"]})
     table = pd.DataFrame(rows, columns=TABLE4_COLUMNS)
@@ -460,19 +481,24 @@ def build_table4(runs_dir, variants: Mapping[str, Mapping], seeds_of: Callable |
     return table, tests
 
 
-TABLE3_COLUMNS = ["table", "row_id", "method", "variant", "scale", "device", "device_name", "threads",
-                  "num_frames", "image_size", "gallery", "time_ms", "params_m", "params_all_m",
-                  "time_vs_sgmn", "time_ms_paper", "params_m_paper", "time_vs_sgmn_paper"]
+TABLE3_COLUMNS = ["table", "row_id", "method", "variant", "in_paper", "scale", "device", "device_name",
+                  "threads", "num_frames", "image_size", "gallery", "time_ms", "score_ms", "score_share",
+                  "params_m", "params_all_m", "time_vs_sgmn", "time_ms_paper", "params_m_paper",
+                  "time_vs_sgmn_paper"]
 
 
 def build_table3(bench_files: Iterable, variants: Mapping[str, Mapping], paper_dir=None) -> pd.DataFrame:
     """Table 3 (inference time per query and parameters) from `sgmn bench --methods all` JSON
-    files: one row per (published row, bench scale). A bench case belongs to the Table 3 row its
-    variant reproduces in Table 1 (Table 3 lists Table 1's methods). time_ms: encoding one query
-    clip (batch 1, L frames) and scoring it against a gallery encoded once, median of repeats;
-    params_m: parameters used at inference (training-only heads left out), in millions;
-    time_vs_sgmn: the row's time over SGMN's at the same scale, ours and the paper's. Detection
-    and tracking are not timed (the paper's two-stage rows include them)."""
+    files: one row per (method, bench scale), the published rows first, then every other benched
+    method (`in_paper` False: FashionNet, NVAN, SwinB, MGH have no Table 3 cell). A bench case
+    belongs to the Table 1 row its variant reproduces (Table 3 lists Table 1's methods), else to
+    a row named after its variant. time_ms: encoding one query clip (batch 1, L frames) and
+    scoring it against a gallery encoded once, median of repeats; score_ms: the scoring part
+    (time_ms minus the median clip encoding; a pairwise score runs a network per gallery image)
+    and score_share its fraction of time_ms; params_m: parameters used at inference (training-only
+    heads left out), in millions; time_vs_sgmn: the row's time over SGMN's at the same scale,
+    ours and the paper's. Detection and tracking are not timed (the paper's two-stage rows
+    include them)."""
     pub = load_table(3, paper_dir)
     pub = pub[pub["dataset"] == "lpr4m"]
     paper = {(r, m): v for r, m, v in zip(pub["row_id"], pub["metric"], pub["value"])}
@@ -481,35 +507,46 @@ def build_table3(bench_files: Iterable, variants: Mapping[str, Mapping], paper_d
     for path in bench_files:
         data = json.loads(Path(path).read_text())
         for variant, c in data["cases"].items():
-            if variant in row_of:
-                cases.append({"row_id": row_of[variant], "variant": variant, **c})
+            cases.append({"row_id": row_of.get(variant, variant), "variant": variant, **c})
+    published = list(dict.fromkeys(pub["row_id"]))
+    methods = dict(zip(pub["row_id"], pub["method"]))
+    extra = [r for r in dict.fromkeys(c["row_id"] for c in cases) if r not in published]
     rows = []
     scales = sorted({c["scale"] for c in cases}) or [None]
-    for row_id in dict.fromkeys(pub["row_id"]):
-        method = pub.loc[pub["row_id"] == row_id, "method"].iloc[0]
+    for row_id in published + extra:
         for scale in scales:
             mine = [c for c in cases if c["row_id"] == row_id and c["scale"] == scale]
             sgmn = [c for c in cases if c["row_id"] == "sgmn" and c["scale"] == scale]
             c = mine[0] if mine else {}
-            rec = {"table": 3, "row_id": row_id, "method": method, "variant": c.get("variant"),
-                   "scale": scale, "device": c.get("device"), "device_name": c.get("device_name"),
-                   "threads": c.get("threads"), "num_frames": c.get("num_frames"),
-                   "image_size": c.get("image_size"), "gallery": c.get("gallery"),
-                   "time_ms": c.get("per_query_ms", math.nan),
-                   "params_m": c["parameters"]["inference"] / 1e6 if c else math.nan,
-                   "params_all_m": c["parameters"]["all"] / 1e6 if c else math.nan,
-                   "time_ms_paper": paper.get((row_id, "time_ms"), math.nan),
-                   "params_m_paper": paper.get((row_id, "params_m"), math.nan)}
-            rec["time_vs_sgmn"] = rec["time_ms"] / sgmn[0]["per_query_ms"] if c and sgmn else math.nan
-            rec["time_vs_sgmn_paper"] = rec["time_ms_paper"] / paper.get(("sgmn", "time_ms"), math.nan)
-            rows.append(rec)
+            rows.append(_table3_row(row_id, methods.get(row_id, c.get("method")), row_id in published,
+                                    scale, c, sgmn[0] if sgmn else None, paper))
     return pd.DataFrame(rows, columns=TABLE3_COLUMNS)
+
+
+def _table3_row(row_id, method, in_paper, scale, c, sgmn, paper) -> dict:
+    time_ms = c.get("per_query_ms", math.nan)
+    score_ms = time_ms - c["query_clip_ms"] if c.get("query_clip_ms") is not None else math.nan
+    rec = {"table": 3, "row_id": row_id, "method": method, "variant": c.get("variant"),
+           "in_paper": in_paper, "scale": scale, "device": c.get("device"),
+           "device_name": c.get("device_name"), "threads": c.get("threads"),
+           "num_frames": c.get("num_frames"), "image_size": c.get("image_size"),
+           "gallery": c.get("gallery"), "time_ms": time_ms, "score_ms": score_ms,
+           "score_share": score_ms / time_ms if time_ms and not math.isnan(score_ms) else math.nan,
+           "params_m": c["parameters"]["inference"] / 1e6 if c else math.nan,
+           "params_all_m": c["parameters"]["all"] / 1e6 if c else math.nan,
+           "time_ms_paper": paper.get((row_id, "time_ms"), math.nan),
+           "params_m_paper": paper.get((row_id, "params_m"), math.nan)}
+    rec["time_vs_sgmn"] = time_ms / sgmn["per_query_ms"] if c and sgmn else math.nan
+    rec["time_vs_sgmn_paper"] = rec["time_ms_paper"] / paper.get(("sgmn", "time_ms"), math.nan)
+    return rec
 
 
 def table3_markdown(df: pd.DataFrame) -> list[str]:
     shown = pd.DataFrame({
         "row": df["row_id"], "variant": df["variant"].fillna("–"), "scale": df["scale"].fillna("–"),
-        "ms / query": df["time_ms"].map(lambda x: _num(x, ".2f")), "x SGMN": df["time_vs_sgmn"].map(lambda x: _num(x, ".2f")),
+        "ms / query": df["time_ms"].map(lambda x: _num(x, ".2f")),
+        "of it scoring": df["score_share"].map(lambda x: _num(100 * x, ".0f") + "%" if x == x else "–"),
+        "x SGMN": df["time_vs_sgmn"].map(lambda x: _num(x, ".2f")),
         "params (M)": df["params_m"].map(lambda x: _num(x, ".2f")),
         "paper ms": df["time_ms_paper"].map(_num), "paper x SGMN": df["time_vs_sgmn_paper"].map(lambda x: _num(x, ".2f")),
         "paper params (M)": df["params_m_paper"].map(_num)})
@@ -518,7 +555,10 @@ def table3_markdown(df: pd.DataFrame) -> list[str]:
     return ["## Table 3", "", "Inference per query: one clip encoded (batch 1) and scored against a "
             "gallery encoded once; median of repeats, on " + (devices or "–") + ". Parameters: those "
             "used at inference. Detection and tracking are not timed (the paper's AsymNet and SEAM "
-            "times include them); compare ratios, not milliseconds (the paper's: a Tesla T4).", "",
+            "times include them); compare ratios, not milliseconds (the paper's: a Tesla T4). "
+            "Scoring: the part of the time spent scoring the clip against the gallery (a pairwise "
+            "network per image for AsymNet and SEAM, one matrix product otherwise). Rows without a "
+            "paper value are methods the paper's Table 3 does not list.", "",
             shown.to_markdown(index=False, disable_numparse=True), ""]
 
 
@@ -558,6 +598,24 @@ def header(dataset: str = "LPR-Synth", synthetic: bool = True) -> str:
     return f"Measured on {dataset}; the paper's numbers are on LPR4M."
 
 
+def gallery_line(tables: Mapping[str, pd.DataFrame]) -> str:
+    """One line naming the gallery unit (evaluate.gallery) of the runs shown and the mean
+    gallery size per query, from the tables' ``gallery`` / ``mean_gallery_size`` columns."""
+    # Table 3's `gallery` is the bench's image count, not a unit: it has no mean_gallery_size
+    frames = [df for key, df in tables.items()
+              if key.startswith("table") and {"gallery", "mean_gallery_size"} <= set(df.columns)]
+    units = sorted({u for df in frames for cell in df["gallery"].dropna() for u in str(cell).split(",")})
+    sizes = [x for df in frames for x in df["mean_gallery_size"].dropna()]
+    if not units:
+        return "Gallery unit (evaluate.gallery): – (no runs)."
+    which = (f"{units[0]} in every run shown" if len(units) == 1 else
+             f"mixed across runs ({', '.join(units)}; the `gallery` column of each table's CSV names each row's)")
+    size = "not recorded" if not sizes else (
+        f"{min(sizes):.1f}" if round(min(sizes), 1) == round(max(sizes), 1) else f"{min(sizes):.1f}-{max(sizes):.1f}")
+    return (f"Gallery unit (evaluate.gallery, docs/data_formats.md): {which}; mean gallery size per "
+            f"query: {size}.")
+
+
 def table4_markdown(df: pd.DataFrame) -> list[str]:
     """Table 4 as rows x subsets: measured mean ± CI over seeds, the published value below."""
     if df.empty:
@@ -592,7 +650,7 @@ def ordering_markdown(df: pd.DataFrame | None) -> list[str]:
 
 
 def to_markdown(tables: Mapping[str, pd.DataFrame], dataset: str = "LPR-Synth", synthetic: bool = True) -> str:
-    lines = ["# SGMN tables regenerated from the runs", "", header(dataset, synthetic), "",
+    lines = ["# SGMN tables regenerated from the runs", "", header(dataset, synthetic), "", gallery_line(tables), "",
              "Measured: mean ± 95% t-interval half-width over seeds (no ± with one seed); "
              "paper: the published value; delta: measured - paper; – : none.", ""]
     for key in sorted((k for k in tables if k.startswith("table")), key=lambda k: int(k[5:])):

@@ -5,6 +5,11 @@ stand-in for ViT-B/32 on LPR-Synth) are registered with open_clip at import, so 
 built-in or ours, is made by `open_clip.create_model`. Weights are explicit: `none` (random),
 `openai` (open_clip's tag; needs the hub or open_clip's cache), or a local state-dict file that
 must match the architecture exactly (open_clip loads it with strict=True).
+
+OpenAI's CLIPs were trained with QuickGELU, which open_clip's `ViT-B-32` config lacks (open_clip
+only warns about the mismatch): a tag whose weights need it builds the model with QuickGELU, and
+so does a local .safetensors file whose metadata says `sgmn.quick_gelu: true` (the files
+`sgmn fetch-weights` writes), so a tag and its fetched file give the same model.
 """
 from __future__ import annotations
 
@@ -25,11 +30,33 @@ def list_models() -> list[str]:
     return open_clip.list_models()
 
 
-def create_clip(name: str, pretrained: str | None = "none", image_size: int | None = None) -> torch.nn.Module:
+QUICK_GELU_KEY = "sgmn.quick_gelu"   # .safetensors metadata: the weights need QuickGELU ("true")
+
+
+def tag_quick_gelu(name: str, tag: str) -> bool:
+    """Whether open_clip's weights `tag` of `name` were trained with QuickGELU (OpenAI's are)."""
+    return bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a .safetensors state dict ({} for other formats)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError):
+        return {}   # not readable as safetensors: open_clip's load reports it
+
+
+def create_clip(name: str, pretrained: str | None = "none", image_size: int | None = None,
+                cache_dir: str | None = None) -> torch.nn.Module:
     """Build an open_clip CLIP model and load its weights.
 
-    pretrained: "none" -> random init; "openai" (or any open_clip tag) -> open_clip's weights;
-    anything else is a path to a local .pt / .bin / .safetensors state dict.
+    pretrained: "none" -> random init; "openai" (or any open_clip tag) -> open_clip's weights
+    (downloaded into `cache_dir`, default the Hugging Face cache); anything else is a path to a
+    local .pt / .bin / .safetensors state dict.
     """
     if name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP model '{name}'; known: {', '.join(open_clip.list_models())}")
@@ -38,20 +65,23 @@ def create_clip(name: str, pretrained: str | None = "none", image_size: int | No
     if pretrained in open_clip.list_pretrained_tags_by_model(name):
         try:
             return open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size,
-                                          require_pretrained=True)
+                                          force_quick_gelu=tag_quick_gelu(name, pretrained),
+                                          require_pretrained=True, cache_dir=cache_dir)
         except RuntimeError as err:
             raise RuntimeError(
                 f"could not load open_clip weights '{name}/{pretrained}' ({err}); on an offline "
-                f"machine download them once and pass the local file path as model.pretrained") from err
-    path = Path(pretrained)
+                f"machine fetch them once (sgmn fetch-weights, docs/offline.md) and pass the local "
+                f"file path as model.pretrained") from err
+    path = Path(pretrained).expanduser()
     if not path.is_file():
         tags = open_clip.list_pretrained_tags_by_model(name)
         raise FileNotFoundError(
             f"pretrained weights '{pretrained}' are neither a file nor a tag of {name} (tags: {tags})")
     # open_clip loads a local file with load_state_dict(strict=True): a mismatch lists the keys
     try:
+        quick_gelu = weights_metadata(path).get(QUICK_GELU_KEY) == "true"
         return open_clip.create_model(name, pretrained=str(path), force_image_size=image_size,
-                                      require_pretrained=True)
+                                      force_quick_gelu=quick_gelu, require_pretrained=True)
     except (RuntimeError, AssertionError, KeyError, ValueError) as err:
         raise RuntimeError(f"{path}: not a state dict of CLIP '{name}': {err}") from err
 

@@ -103,45 +103,79 @@ def _clip_encoder(name: str, weights: str | None, device: torch.device) -> TextE
     return TextEncoder("clip", name, dim, int(getattr(tokenizer, "context_length", 0) or 0), encode)
 
 
-def load_chinese_clip(name: str):
+def _chinese_clip_text_class():
+    """ChineseCLIPModel that loads without the vision tower's weights: the suite only encodes
+    text, so `sgmn fetch-weights` saves the text tower and its projection alone."""
+    from transformers import ChineseCLIPModel
+
+    class ChineseCLIPText(ChineseCLIPModel):
+        _keys_to_ignore_on_load_missing = (r"^vision_model\.", r"^visual_projection\.")
+
+    return ChineseCLIPText
+
+
+def _text_only(model):
+    """Drop the vision tower (random when the weights held none): get_text_features never uses it."""
+    model.vision_model = None
+    model.visual_projection = None
+    return model
+
+
+def _check_text_weights(name: str, info: dict) -> None:
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # vision keys are ignored; a text weight left at random init is an error
+        raise FileNotFoundError(
+            f"text.chinese_clip '{name}': the weights lack {len(missing)} text tower entries "
+            f"({', '.join(missing[:3])}, ...); not a ChineseCLIP model of this config")
+
+
+def load_chinese_clip(name: str, cache_dir: str | None = None):
     """(ChineseCLIPModel, tokenizer) from a local directory or a hub name, float32.
 
-    A hub name that cannot be fetched (offline machine, unknown name) raises FileNotFoundError
-    that says to download the model once and pass its local directory.
+    Only the text tower and its projection are loaded (the vision tower is dropped), so a
+    directory may hold the full model or the text weights alone (what `sgmn fetch-weights`
+    writes). A hub name is read through `cache_dir` (default the Hugging Face cache); one that
+    cannot be fetched (offline machine, unknown name) raises FileNotFoundError that says to
+    download the model once and pass its local directory.
     """
-    from transformers import AutoTokenizer, ChineseCLIPModel
+    from transformers import AutoTokenizer
+    model_class = _chinese_clip_text_class()
     path = Path(name).expanduser()
     # a hub id is "name" or "org/name"; anything else is meant as a local path
     looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
     if path.is_dir():
         try:
-            model = ChineseCLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+            model, info = model_class.from_pretrained(str(path), local_files_only=True, dtype=torch.float32,
+                                                      output_loading_info=True)
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, KeyError) as err:
             raise FileNotFoundError(
                 f"text.chinese_clip '{name}' is a directory but not a ChineseCLIP model with its "
                 f"tokenizer (save both with save_pretrained): {err}") from err
-        return model, tokenizer
+        _check_text_weights(name, info)
+        return _text_only(model), tokenizer
     if path.exists() or looks_local:
         raise FileNotFoundError(
             f"text.chinese_clip '{name}': no such directory; pass the local directory of a "
             f"ChineseCLIP model (config.json, weights and tokenizer files)")
     offline = _hub_offline()
     try:
-        model = ChineseCLIPModel.from_pretrained(name, local_files_only=offline, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+        model, info = model_class.from_pretrained(name, local_files_only=offline, dtype=torch.float32,
+                                                  cache_dir=cache_dir, output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise FileNotFoundError(
             f"could not load the ChineseCLIP model '{name}' from the Hugging Face hub or its cache"
             f"{' (offline mode)' if offline else ''}: {reason} On a machine without internet, "
-            f"download it once elsewhere (e.g. `hf download {name} --local-dir DIR`), copy DIR "
-            f"over and set text.chinese_clip to that local directory") from err
-    return model, tokenizer
+            f"fetch it once elsewhere (`sgmn fetch-weights`, docs/offline.md), copy the folder "
+            f"over and set text.chinese_clip to its local directory") from err
+    _check_text_weights(name, info)
+    return _text_only(model), tokenizer
 
 
-def _chinese_clip_encoder(name: str, device: torch.device) -> TextEncoder:
-    model, tokenizer = load_chinese_clip(name)
+def chinese_clip_text_encoder(model, tokenizer, name: str, device) -> TextEncoder:
+    """The TextEncoder of a loaded ChineseCLIP (model, tokenizer) pair."""
     model = model.to(device).eval()
     max_length = int(model.config.text_config.max_position_embeddings)
     tok_max = getattr(tokenizer, "model_max_length", None)
@@ -154,6 +188,11 @@ def _chinese_clip_encoder(name: str, device: torch.device) -> TextEncoder:
         return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5: an output object
 
     return TextEncoder("chinese_clip", name, int(model.config.projection_dim), max_length, encode)
+
+
+def _chinese_clip_encoder(name: str, device: torch.device) -> TextEncoder:
+    model, tokenizer = load_chinese_clip(name)
+    return chinese_clip_text_encoder(model, tokenizer, name, device)
 
 
 def load_text_encoder(config: dict, clip_weights: str | None, device="cpu") -> TextEncoder:

@@ -15,7 +15,7 @@ from open_clip.loss import ClipLoss
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from sgmn.data.datasets import read_split
+from sgmn.data.datasets import index_of, read_split
 from sgmn.data.frames import CLIP_MEAN, CLIP_STD, read_image
 from sgmn.models.clip import create_clip, get_tokenizer, save_clip
 from sgmn.train import loop
@@ -59,7 +59,8 @@ def pretrain(config: dict, data_dir: str | Path, out: str | Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(pcfg["seed"])
     model = create_clip(mcfg["clip"], "none", mcfg["image_size"])
-    clips = read_split(data_dir, config["dataset"]["format"], "train", config["dataset"]["on_bad_line"])
+    clips = read_split(data_dir, config["dataset"]["format"], "train", config["dataset"]["on_bad_line"],
+                       index=index_of(config["dataset"]))
     dataset = CatalogueDataset(clips, mcfg["image_size"], get_tokenizer(mcfg["clip"]))
     log.info("catalogue: %d image-title pairs from %d training clips", len(dataset), len(clips))
     clip_loss = ClipLoss()

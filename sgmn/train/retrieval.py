@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from sgmn.data.frame_store import open_store
-from sgmn.data.datasets import ClipPairDataset, collate, frame_masking, read_split
+from sgmn.data.datasets import ClipPairDataset, collate, frame_masking, index_of, read_split
 from sgmn.config import uses_text
 from sgmn.io import atomic_save, provenance, write_json
 from sgmn.models.factory import build_model, init_from_checkpoint, load_model  # noqa: F401  (load_model: re-exported)
@@ -54,7 +54,7 @@ def train_run(config: dict, seed: int, data_dir: str | Path, clip_weights: str |
                    out_dir / "params.json")
 
     skipped: list[str] = []
-    clips = read_split(data_dir, dcfg["format"], "train", dcfg["on_bad_line"], skipped)
+    clips = read_split(data_dir, dcfg["format"], "train", dcfg["on_bad_line"], skipped, index_of(dcfg))
     dataset = ClipPairDataset(clips, config["model"]["num_frames"], config["model"]["image_size"],
                               dcfg["on_bad_frame"], open_store(frame_store, data_dir))
     log.info("training on %d clips of %d products (%d bad lines skipped)", len(dataset),

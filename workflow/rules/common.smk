@@ -4,7 +4,7 @@ import json
 from snakemake.utils import validate
 
 from sgmn.config import (coerce_yaml11_floats, load_variants, load_yaml, resolve_variant, table2_config,
-                         uses_text)
+                         uses_text, without_unset_index)
 from sgmn.evaluate.curves import curve_variants
 from sgmn.evaluate.fidelity_table import fidelity_variants
 
@@ -23,6 +23,21 @@ TABLE2 = table2_config(config)
 CONFIGS = {DATASET: config}
 if TABLE2 is not None:
     CONFIGS[TABLE2["dataset"]["name"]] = TABLE2
+
+
+def _dag_index(cfg):
+    """dataset.index.shards named: the runs read the index rule index builds in
+    results/{name}/shard_index (dataset.index.path is for an index built by hand)."""
+    index = cfg["dataset"]["index"]
+    if index["shards"] and index["path"]:
+        raise ValueError(f"dataset.index of '{cfg['dataset']['name']}': give shards (the DAG builds the index) "
+                         "or path (an index built with `sgmn index`), not both")
+    if index["shards"]:
+        index["path"] = f"results/{cfg['dataset']['name']}/shard_index"
+
+
+for _cfg in CONFIGS.values():
+    _dag_index(_cfg)
 # (dataset, variant) -> the variant's resolved config on that dataset
 RESOLVED = {
     (ds, v): resolve_variant(cfg, v, VARIANTS, config["variants_file"])
@@ -55,6 +70,8 @@ def get_final_outputs():
         outputs.append(f"results/{DATASET}/data_stats.json")  # LPR-Synth only (synth_meta.json)
     if TABLE2 is not None:
         outputs.append(f"results/{TABLE2['dataset']['name']}/summary.csv")
+    if config["download"]["url_lists"]:  # opt-in: rule download_report (workflow/rules/download.smk)
+        outputs.append(f"{DOWNLOAD_DIR}/download_report.json")
     return outputs
 
 
@@ -71,8 +88,9 @@ def get_variant_json(wildcards):
 def get_pretrain_json(wildcards):
     """Only the keys that shape the pretrained CLIP, so training changes do not redo it."""
     keep = {
-        # frame_store only changes how frames are read, never what they hold
-        "dataset": {k: v for k, v in config["dataset"].items() if k != "frame_store"},
+        # frame_store only changes how frames are read, never what they hold (an unset index
+        # is left out as in the runs' configs; a set one is the pretraining's way to its images)
+        "dataset": {k: v for k, v in without_unset_index(config)["dataset"].items() if k != "frame_store"},
         "model": {k: config["model"][k] for k in ("clip", "image_size")},
         "pretrain": config["pretrain"],
         "train": {k: config["train"][k] for k in ("device", "precision", "num_workers")},
@@ -166,6 +184,13 @@ def frame_store_on(cfg=None):
 def frame_store_inputs(base, run_config):
     """[the store under `base` at a run's input size] (rule frame_store), or [] without one."""
     return [f"{base}/frames_{run_config['model']['image_size']}"] if frame_store_on(run_config) else []
+
+
+def get_index_input(wildcards):
+    """The shard index the dataset's frames and images are read through (rule index, or one
+    built by hand), as an input; [] for the plain layout."""
+    path = CONFIGS[wildcards.ds]["dataset"]["index"]["path"]
+    return [path] if path else []
 
 
 def get_frame_store(wildcards):

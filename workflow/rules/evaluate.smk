@@ -9,6 +9,7 @@ rule evaluate:
         config="results/{ds}/configs/{variant}.json",
         text=get_text_input,
         frames=get_frame_store,
+        index=get_index_input,
     output:
         metrics="results/{ds}/runs/{variant}/seed{seed}/metrics.json",
         scores="results/{ds}/runs/{variant}/seed{seed}/scores.parquet",

@@ -1,6 +1,7 @@
 rule pretrain_clip:
     input:
         data=get_data_dir,
+        index=get_index_input,
     output:
         weights="results/{ds}/clip/pretrained.pt",
         config="results/{ds}/clip/pretrain_config.json",

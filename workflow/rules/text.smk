@@ -20,7 +20,8 @@ def get_text_clip_arg(wildcards):
 def get_text_json(wildcards):
     """Only the keys that shape the text features, so other changes do not redo them."""
     keep = {
-        "dataset": config["dataset"],
+        # the shard index changes where images are read, never the texts
+        "dataset": {k: v for k, v in config["dataset"].items() if k != "index"},
         "model": {k: config["model"][k] for k in ("clip", "pretrained")},
         "text": config["text"],
     }

@@ -26,6 +26,7 @@ rule train:
         text=get_text_input,
         frames=get_frame_store,
         init=get_init_input,
+        index=get_index_input,
     output:
         # ckpt/latest.pt stays undeclared: Snakemake must not delete it when a job fails
         "results/{ds}/runs/{variant}/seed{seed}/final.pt",
@@ -53,7 +54,7 @@ rule train:
 
 
 # Table 2's "SGMN (w/o Finetune)": the main dataset's run, evaluated on the second dataset as it
-# is. Its checkpoint is linked in place of a training run (hard link, or a copy across devices).
+# is. Its checkpoint is copied in place of a training run.
 ruleorder: zero_shot_checkpoint > train
 
 
@@ -67,5 +68,9 @@ rule zero_shot_checkpoint:
     log:
         "logs/zero_shot_checkpoint/{ds}/{variant}/seed{seed}.log",
     localrule: True
+    conda:
+        "../envs/tables.yaml"
     shell:
-        "(ln -f {input} {output} || cp {input} {output}) > {log} 2>&1"
+        # a copy, not a hard link: Snakemake touches a job's outputs, and through a shared inode
+        # that would make the source run's checkpoint newer than its own metrics (a rerun)
+        "cp {input} {output} > {log} 2>&1"
