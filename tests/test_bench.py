@@ -16,6 +16,7 @@ def test_bench_cases_train_the_configured_losses_and_count_parameters(tmp_path):
     assert gra["parameters"]["all"] < full["parameters"]["inference"] < full["parameters"]["all"]
     for case in (gra, full):
         assert case["train_step_ms"] > 0 and case["query_clip_ms"] > 0 and case["peak_memory_mb"] > 0
+        assert 0 < case["score_ms"] and case["gallery"] == bench.GALLERY   # the scoring alone, timed
     assert set(out["sgmn_over_gra"]) == {"train_step", "query_clip", "peak_memory"}
     assert out["provenance"]["versions"]["torch"]
 

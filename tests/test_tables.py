@@ -383,21 +383,21 @@ def test_table4_by_subset_with_paired_tests_on_each_subsets_queries(tmp_path):
 
 def test_table3_from_bench_files_with_ratios_to_sgmn(tmp_path):
     """Hand-made bench cases: RICE_box 6 ms, SGMN 12 ms per query at one scale."""
-    def case(variant, method, ms, params, clip_ms=None):
+    def case(variant, method, ms, params, score_ms=None):
         return {"scale": "tiny", "variant": variant, "method": method, "device": "cpu", "device_name": "x86_64",
                 "threads": 2, "num_frames": 8, "image_size": 64, "gallery": 600, "per_query_ms": ms,
-                "query_clip_ms": clip_ms, "parameters": {"all": params * 2, "trainable": params * 2, "inference": params}}
+                "score_ms": score_ms, "parameters": {"all": params * 2, "trainable": params * 2, "inference": params}}
     path = tmp_path / "methods_tiny_cpu.json"
-    path.write_text(json.dumps({"cases": {"rice_box": case("rice_box", "rice", 6.0, 1_000_000, 5.0),
+    path.write_text(json.dumps({"cases": {"rice_box": case("rice_box", "rice", 6.0, 1_000_000, 1.0),
                                           "sgmn": case("sgmn", "sgmn", 12.0, 1_500_000),
-                                          "mgh": case("mgh", "mgh", 3.0, 200_000, 2.0)}}))
+                                          "mgh": case("mgh", "mgh", 3.0, 200_000, 1.0)}}))
     variants = {"sgmn": {"paper": [{"table": 1, "row": "sgmn"}]},
                 "rice_box": {"paper": [{"table": 1, "row": "rice"}, {"table": 4, "row": "rice_box"}]}}
     t3 = build_table3([path], variants).set_index("row_id")
     assert t3.loc["rice", "time_ms"] == pytest.approx(6.0) and t3.loc["rice", "time_vs_sgmn"] == pytest.approx(0.5)
     assert t3.loc["rice", "params_m"] == pytest.approx(1.0) and t3.loc["rice", "params_all_m"] == pytest.approx(2.0)
     assert t3.loc["sgmn", "time_vs_sgmn"] == pytest.approx(1.0)
-    # scoring = per query - clip encoding: 1 of RICE's 6 ms; unknown without the clip's time
+    # scoring: 1 of RICE's 6 ms; unknown for a bench file without it
     assert t3.loc["rice", "score_ms"] == pytest.approx(1.0) and t3.loc["rice", "score_share"] == pytest.approx(1 / 6)
     assert math.isnan(t3.loc["sgmn", "score_ms"])
     # a benched method the paper's Table 3 does not list: its own row, after the published ones
