@@ -184,14 +184,17 @@ def run_isolated(*args) -> dict:
     return result
 
 
-def method_variants(variants_path=VARIANTS_PATH) -> list[str]:
-    """One variant per registered method (Table 3's rows): the variant named after the method,
-    else the one reproducing a Table 1 row, else its first variant."""
+def method_variants(variants_path=VARIANTS_PATH, methods=None) -> list[str]:
+    """One variant per registered method (Table 3's rows), or per method in `methods`: the
+    variant named after the method, else the one reproducing a Table 1 row, else its first."""
     from sgmn.config import load_variants
     from sgmn.models.registry import method_names
     rows = load_variants(variants_path)
+    unknown = set(methods or ()) - set(method_names())
+    if unknown:
+        raise ValueError(f"bench: unknown methods {sorted(unknown)}; registered: {', '.join(method_names())}")
     out = []
-    for name in method_names():
+    for name in (m for m in method_names() if not methods or m in methods):
         mine = [v for v, r in rows.items() if (r.get("overrides") or {}).get("method", "sgmn") == name]
         table1 = [v for v in mine if any(int(p["table"]) == 1 for p in rows[v].get("paper") or [])]
         pick = name if name in mine else (table1 or mine or [None])[0]

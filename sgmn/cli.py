@@ -325,7 +325,8 @@ def cmd_bench(args) -> None:
     from sgmn.io import write_json
     if args.methods and args.variant:
         raise SystemExit("bench: give --methods all or --variant, not both")
-    variants = tuple(method_variants() if args.methods else (args.variant or BENCH_VARIANTS))
+    chosen = None if args.methods in (None, ["all"]) else args.methods
+    variants = tuple(method_variants(methods=chosen) if args.methods else (args.variant or BENCH_VARIANTS))
     prefix = "methods" if args.methods else "sgmn"
     for scale in args.scale or list(SCALES):
         result = bench_scale(scale, args.device, args.steps, args.repeats, args.threads, variants,
@@ -555,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=5, help="timed training steps (after one warm-up)")
     s.add_argument("--repeats", type=int, default=20, help="timed inference repeats")
     s.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    s.add_argument("--methods", choices=["all"], help="one variant per registered method (Table 3's rows)")
+    s.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="`all`: one variant per registered method (Table 3's rows); or the methods to time")
     s.add_argument("--inference-only", action="store_true", help="skip the train step (Table 3 needs inference only)")
     s.add_argument("--gallery", type=int, default=600, help="shop images each query is scored against (default 600, LPR4M's per-live gallery)")
     s.add_argument("--out", default="results/bench", help="directory of the JSON files ({sgmn|methods}_{scale}_{device}.json)")

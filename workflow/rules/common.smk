@@ -44,6 +44,13 @@ RESOLVED = {
     for ds, cfg in CONFIGS.items()
     for v in cfg["variants"]
 }
+# Table 2's zero-shot and fine-tuned rows start from main-dataset runs that the main run matrix
+# may not list (e.g. the smoke config's): those runs are trained too
+if TABLE2 is not None:
+    for _role in ("zero_shot", "finetune"):
+        _source = config["table2"][_role]["from"]
+        if (DATASET, _source) not in RESOLVED:
+            RESOLVED[DATASET, _source] = resolve_variant(config, _source, VARIANTS, config["variants_file"])
 # the learning-curve runs (config `curves`, `snakemake curves`) go through the same rules
 CURVE_RUNS = curve_variants(config, VARIANTS, config["variants_file"])
 RESOLVED.update({(DATASET, v): c for v, c in CURVE_RUNS.items()})

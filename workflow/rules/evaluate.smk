@@ -108,8 +108,9 @@ rule bench_methods:
         "../envs/sgmn.yaml"
     params:
         scales=lambda wc: " ".join(f"--scale {s}" for s in config["bench"]["scales"]),
+        methods=lambda wc: " ".join(config["bench"]["methods"]) or "all",
         repeats=config["bench"]["repeats"],
         device=config["bench"]["device"],
     shell:
-        "sgmn bench --methods all --inference-only {params.scales} --repeats {params.repeats}"
+        "sgmn bench --methods {params.methods} --inference-only {params.scales} --repeats {params.repeats}"
         " --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
