@@ -50,6 +50,18 @@ def data(tmp_path):
 _IMG2DATASET_BUILD: dict = {}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny model tests (`pytestmark =
+    pytest.mark.usefixtures("one_thread")`): on a shared 2-core machine torch's thread pool makes
+    these small ops ~40x slower under contention. Restored afterwards."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _img2dataset_venv() -> Path:
     from sgmn.data.download import IMG2DATASET_VERSION
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sgmn-tests"

@@ -12,16 +12,12 @@ import baselines.asymnet as asym
 from baselines.asymnet import AsymNet, AsymNetConfig, SimilarityNetwork
 from sgmn.config import resolve_run_config, validate
 from sgmn.models.registry import get_method
+from method_checks import overfit_losses
 
 S, L, STEPS = 64, 4, 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(section: dict | None = None, frames: int = L) -> dict:
@@ -256,14 +252,7 @@ def test_phases_freeze_what_the_port_freezes():
 def test_overfits_a_few_pairs():
     m = make()
     b = batch(b=4, products=[0, 1, 2, 3], seed=3)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        loss = sum(m.loss(b).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(m, b, 40)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -15,16 +15,12 @@ from baselines.fashionnet import (
 )
 from sgmn.config import resolve_run_config, validate
 from sgmn.models.registry import get_method
+from method_checks import overfit_losses, trainer_loss as total
 
 S, STEPS = 64, 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(section: dict | None = None, seed: int = 0) -> FashionNet:
@@ -49,10 +45,6 @@ def batch(b: int = 6, l: int = 4, products=None, seed: int = 1) -> dict:
             "product": torch.tensor(products if products is not None else [0, 0, 1, 2, 3, 4])}
 
 
-def total(out: dict) -> torch.Tensor:
-    return sum(v for k, v in out.items() if k.endswith("_loss"))
-
-
 def test_registry_and_config():
     assert get_method("fashionnet") is FashionNet
     m = make({"num_landmarks": 4, "width": 64, "embed_dim": 32})
@@ -74,14 +66,7 @@ def test_forward_backward_reaches_every_parameter():
 def test_overfits_a_few_pairs():
     m = make()
     b = batch(b=4, l=2, products=[0, 1, 2, 3], seed=3)
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        loss = total(m.loss(b))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(m, b, 40, loss_of=total)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -11,16 +11,12 @@ from baselines.common import batch_hard_triplet
 from baselines.mgh import MGH, MGHConfig, hyperedges, masked_batch_norm, window_masks
 from sgmn.config import resolve_variant, validate
 from sgmn.models.registry import get_method
+from method_checks import overfit_losses
 
 S = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(section: dict | None = None, seed: int = 0) -> MGH:
@@ -180,15 +176,7 @@ def test_overfits_a_few_pairs():
     m = make()
     b = batch(b=4, l=2, products=[0, 1, 2, 3], seed=3)
     b["frame_mask"][:] = True
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(30):
-        out = m.loss(b)
-        loss = out["id_loss"] + out["triplet_loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(m, b, 30, loss_of=lambda out: out["id_loss"] + out["triplet_loss"])
     assert losses[-1] < 0.3 * losses[0], losses
 
 

@@ -16,16 +16,12 @@ from baselines.nvan import (
 )
 from sgmn.config import validate
 from sgmn.models.registry import get_method
+from method_checks import overfit_losses
 
 S = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(nvan: dict | None = None, seed: int = 0) -> NVAN:
@@ -197,13 +193,6 @@ def test_score_is_cosine_on_unit_embeddings_at_gallery_scale():
 def test_overfits_a_few_pairs():
     m = make()
     b = batch(b=4, l=2, products=[0, 1, 2, 3], seed=3)
-    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(40):
-        loss = sum(m.loss(b).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(m, b, 40, lr=2e-3)
     assert losses[-1] < 0.3 * losses[0], losses
     assert torch.equal(m.bnneck.bias, torch.zeros(128))

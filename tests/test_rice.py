@@ -10,18 +10,12 @@ from baselines.rice import RICE, RICEConfig, icl_loss, mine_hard_negatives, pfr_
 from sgmn.config import validate
 from sgmn.models.clip import create_clip
 from sgmn.models.registry import get_method
+from method_checks import overfit_losses
 
 S = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's thread pool makes these tiny
-    ops ~40x slower under contention. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(rice: dict | None = None, text_dim: int | None = None, seed: int = 0) -> RICE:
@@ -85,14 +79,7 @@ def test_overfits_a_few_pairs():
     m = make()
     b = batch(b=4, l=2, products=[0, 1, 2, 3], seed=3)
     b["target_present"][:] = True
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(30):
-        loss = sum(m.loss(b).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(m, b, 30)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -19,16 +19,12 @@ from baselines.seam import (
 )
 from sgmn.config import validate
 from sgmn.models.registry import get_method
+from method_checks import overfit_losses, trainer_loss
 
 S = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(seam: dict | None = None, steps: int = 100, seed: int = 0) -> SEAM:
@@ -308,13 +304,5 @@ def test_score_is_the_match_logit_at_gallery_scale():
 def test_overfits_a_few_pairs():
     m = make()
     b = batch(b=4, l=2, seed=3)
-    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(40):
-        out = m.loss(b)
-        loss = sum(v for k, v in out.items() if k.endswith("_loss"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(m, b, 40, lr=2e-3, loss_of=trainer_loss)
     assert losses[-1] < 0.3 * losses[0], losses

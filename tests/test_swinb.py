@@ -11,16 +11,12 @@ from torchvision.models.video.swin_transformer import SwinTransformer3d
 from baselines.swinb import SwinBConfig, VideoSwin
 from sgmn.config import resolve_variant, validate
 from sgmn.models.registry import get_method
+from method_checks import overfit_losses
 
 S, T = 64, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(section: dict | None = None, seed: int = 0, frames: int = T) -> VideoSwin:
@@ -119,14 +115,7 @@ def test_overfits_a_few_pairs():
     m = make({"depths": [2, 2]}, frames=2)
     b = batch(b=4, l=2, products=[0, 1, 2, 3], seed=3)
     b["frame_mask"][:] = True
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(30):
-        loss = sum(m.loss(b).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(m, b, 30)
     assert losses[-1] < 0.3 * losses[0], losses
 
 

@@ -18,16 +18,12 @@ from baselines.timesformer import TimeSformer, TimeSformerSection
 from sgmn.config import resolve_variant, validate
 from sgmn.models.losses import vse_triplet
 from sgmn.models.registry import get_method
+from method_checks import overfit_losses
 
 S, T = 64, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(section: dict | None = None, seed: int = 0) -> TimeSformer:
@@ -164,14 +160,7 @@ def test_overfits_a_few_pairs():
     m = make({"width": 64, "heads": 2, "layers": 2})
     b = batch(b=4, l=2, products=[0, 1, 2, 3], seed=3)
     b["frame_mask"][:] = True
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(30):
-        loss = sum(m.loss(b).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit_losses(m, b, 30)
     assert losses[-1] < 0.3 * losses[0], losses
 
 
