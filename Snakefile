@@ -8,6 +8,9 @@ min_version("9.19")
 configfile: "workflow/config/default.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
@@ -19,6 +22,8 @@ include: "workflow/rules/stats.smk"
 include: "workflow/rules/curves.smk"
 include: "workflow/rules/fidelity.smk"
 include: "workflow/rules/download.smk"
+include: "workflow/rules/report.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

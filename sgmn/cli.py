@@ -9,7 +9,10 @@
     sgmn evaluate --data DIR --checkpoint RUN_DIR/final.pt --out metrics.json --scores-out scores.parquet
     sgmn evaluate --data DIR --scores scores.parquet --out metrics.json   # recompute from a table
     sgmn tables --runs results/lpr_synth/runs --config workflow/config/default.yaml --out results/lpr_synth/tables
+    sgmn diff --tables results/lpr_synth/tables --runs results/lpr_synth/runs --out-md results/lpr_synth/diff.md --out-json results/lpr_synth/diff.json
     sgmn probes --config workflow/config/probes.yaml --root results/lpr_synth/probes --out results/lpr_synth/probes/probes.csv
+    sgmn figures retrieval --data results/lpr_synth/data --run sgmn=RUN --run gra_only=RUN --out figures/fig5_retrieval   # `sgmn figures -h`
+    sgmn report-page --md results/lpr_synth/diff.md --out results/lpr_synth/report/diff.html
     sgmn fetch-weights --config workflow/config/lpr4m.yaml --out weights/   # offline machines: docs/offline.md
     sgmn download-report --list train_frames results/lpr4m/download/train_frames urls.parquet --out report.json
 """
@@ -118,22 +121,22 @@ def detect_format(root: Path) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    from sgmn.data.datasets import read_split
-    from sgmn.evaluate.run import evaluate_model, metrics_from_scores
-    from sgmn.evaluate.scores import read_scores
     from sgmn.io import provenance, write_json, write_table
     data = Path(args.data)
     if (args.scores is None) == (args.checkpoint is None):
         raise SystemExit("evaluate needs exactly one of --checkpoint (score a model) or --scores (recompute)")
-    if args.scores:
+    if args.scores:  # no model: torch-free, ids joined as integer codes
+        from sgmn.evaluate.from_scores import metrics_from_scores, read_test_split
+        from sgmn.evaluate.scores import read_scores
         fmt = args.format or detect_format(data)
-        test = read_split(data, fmt, "test")
-        scores, report = read_scores(args.scores)
+        test = read_test_split(data, fmt)
+        scores, report = read_scores(args.scores, categorical=True)
         metrics, per_query = metrics_from_scores(test, scores, gallery=args.gallery or "all_images")
         metrics["score_table"] = {"path": str(args.scores), **report}
         metrics["provenance"] = provenance(None, None)
         metrics["provenance"]["scores"] = str(args.scores)
     else:
+        from sgmn.evaluate.run import evaluate_model
         from sgmn.models.factory import load_model
         model, state = load_model(args.checkpoint)
         config = state["config"]
@@ -269,6 +272,16 @@ def cmd_tables(args) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_diff(args) -> None:
+    """Every published cell and claim of the paper beside our runs (diff.md, diff.json)."""
+    from sgmn.evaluate.diff import build_diff, write_diff
+    diff = build_diff(args.tables, runs=args.runs, table2_runs=args.table2_runs, bench=args.bench,
+                      paper_dir=args.paper_dir)
+    for path in write_diff(diff, args.out_md, args.out_json):
+        log.info("wrote %s", path)
+    log.info("claims: %s", diff["summary"])
+
+
 def cmd_data_stats(args) -> None:
     """Cheap statistics of a generated dataset (motion, visibility, near twins, text-only R@1)."""
     from sgmn.evaluate.data_stats import DEFAULT_MAX_CLIPS, compute_data_stats
@@ -320,6 +333,12 @@ def cmd_probes(args) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_report_page(args) -> None:
+    """A Markdown output (tables.md, diff.md) as an HTML page for `snakemake --report`."""
+    from sgmn.report import write_page
+    log.info("wrote %s", write_page(args.md, args.out, args.title))
+
+
 def cmd_bench(args) -> None:
     from sgmn.bench import SCALES, VARIANTS as BENCH_VARIANTS, bench_scale, method_variants
     from sgmn.io import write_json
@@ -330,12 +349,14 @@ def cmd_bench(args) -> None:
     prefix = "methods" if args.methods else "sgmn"
     for scale in args.scale or list(SCALES):
         result = bench_scale(scale, args.device, args.steps, args.repeats, args.threads, variants,
-                             gallery=args.gallery, train=not args.inference_only)
+                             gallery=args.gallery, train=not args.inference_only,
+                             frames=tuple(args.frames or ("all_real",)), precisions=tuple(args.precision or (None,)))
         device = next(iter(result["cases"].values()))["device"].split(":")[0]
         path = Path(args.out) / f"{prefix}_{scale}_{device}.json"
         write_json(result, path)
-        print(json.dumps({"file": str(path), **{v: {k: c[k] for k in ("train_step_ms", "peak_memory_mb",
-                                                                           "query_clip_ms", "per_query_ms")}
+        print(json.dumps({"file": str(path), **{v: {k: c[k] for k in ("precision", "train_step_ms", "peak_memory_mb",
+                                                                           "query_clip_ms", "per_query_ms",
+                                                                           "train_fraction_of_peak")}
                                                   for v, c in result["cases"].items()},
                           "sgmn_over_gra": result.get("sgmn_over_gra")}, indent=1))
 
@@ -517,6 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory: table{n}.csv, paired_tests.csv, tables.md")
     s.set_defaults(func=cmd_tables)
 
+    s = sub.add_parser("diff", help="every published cell and claim of the paper beside our runs, with paired tests (diff.md, diff.json)")
+    s.add_argument("--tables", required=True, help="the `sgmn tables` output directory (table{n}.csv, paired_tests.csv, ordering.csv)")
+    s.add_argument("--runs", help="runs directory with per_query.parquet, for the paired tests paired_tests.csv lacks (without it those claims are `not run`)")
+    s.add_argument("--table2-runs", help="runs of Table 2's dataset (MF-Synth), for its ordering CI and zero-shot claim")
+    s.add_argument("--bench", help="directory of `sgmn bench --methods all` JSON files (default: the tables' table3.csv)")
+    s.add_argument("--paper-dir", help="published tables (default: the repository's workflow/paper)")
+    s.add_argument("--out-md", required=True, help="Markdown report (summary first)")
+    s.add_argument("--out-json", required=True, help="the same, machine-readable, with provenance")
+    s.set_defaults(func=cmd_diff)
+
     s = sub.add_parser("data-stats", help="cheap statistics of a generated dataset, no training (data_stats.json)")
     s.add_argument("--data", required=True, help="LPR-Synth root (needs synth_meta.json)")
     s.add_argument("--text-features", required=True, help="text feature cache (the text_features step)")
@@ -547,6 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", help="figure directory ({probe}.png/.pdf; default: the spec's figures)")
     s.set_defaults(func=cmd_probes)
 
+    # light: matplotlib and torch load when a figure's subcommand runs
+    from sgmn.figures.cli import add_parser as add_figures_parser
+    add_figures_parser(sub)
+    s = sub.add_parser("report-page", help="a Markdown output (tables.md, diff.md) as an HTML page for snakemake --report")
+    s.add_argument("--md", required=True, help="Markdown file")
+    s.add_argument("--out", required=True, help="HTML file (written atomically)")
+    s.add_argument("--title", help="page title (default: the file's stem)")
+    s.set_defaults(func=cmd_report_page)
+
     from sgmn.bench import SCALES, VARIANTS as BENCH_VARIANTS  # light: torch loads per case
     s = sub.add_parser("bench", help="train-step time, peak memory and inference ms: SGMN against GRA only")
     s.add_argument("--scale", action="append", choices=sorted(SCALES),
@@ -559,6 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="`all`: one variant per registered method (Table 3's rows); or the methods to time")
     s.add_argument("--inference-only", action="store_true", help="skip the train step (Table 3 needs inference only)")
+    s.add_argument("--frames", action="append", choices=["all_real", "padded"],
+                   help="all_real (every clip has all its frames; default) and/or padded (half the clips end 2 frames early)")
+    s.add_argument("--precision", action="append", choices=["fp32", "bf16", "auto"],
+                   help="precisions to time (default: the config's train.precision); auto is resolved per case and labelled")
     s.add_argument("--gallery", type=int, default=600, help="shop images each query is scored against (default 600, LPR4M's per-live gallery)")
     s.add_argument("--out", default="results/bench", help="directory of the JSON files ({sgmn|methods}_{scale}_{device}.json)")
     s.set_defaults(func=cmd_bench)

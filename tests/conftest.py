@@ -31,6 +31,22 @@ def mf_data(tmp_path_factory):
     return _synth(tmp_path_factory, "movingfashion")
 
 
+@pytest.fixture(scope="session")
+def smoke_dag(tmp_path_factory):
+    """The whole smoke DAG (workflow/config/smoke.yaml) run once per session in a temporary working
+    directory, for tests that read its outputs (tests/test_report.py); its path. Skips when the
+    sgmn console script, which the rules call, is not on PATH."""
+    if shutil.which("sgmn") is None:
+        pytest.skip("the sgmn console script is not on PATH (pip install -e . in the active env)")
+    repo = Path(__file__).resolve().parents[1]
+    workdir = tmp_path_factory.mktemp("smoke_dag")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
+                          "--configfile", str(repo / "workflow/config/smoke.yaml"), "--cores", "2"],
+                         check=False, capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir
+
+
 REAL_FIXTURE = Path(__file__).parent / "fixtures" / "lpr4m_real_small"
 
 

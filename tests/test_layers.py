@@ -35,3 +35,11 @@ def test_models_and_baselines_do_not_import_training_or_evaluation():
 def test_text_and_data_do_not_import_training():
     for folder in ("sgmn/text", "sgmn/data"):
         assert _offenders(folder, ("sgmn.train", "sgmn.evaluate", "sgmn.cli")) == {}, folder
+
+
+def test_figures_sit_above_evaluation():
+    """figures -> cli: the figures read runs, tables and models, never the CLI or training, and
+    nothing below them draws on them."""
+    assert _offenders("sgmn/figures", ("sgmn.cli", "sgmn.train")) == {}
+    for folder in ("sgmn/data", "sgmn/models", "sgmn/train", "sgmn/evaluate", "sgmn/text", "baselines"):
+        assert _offenders(folder, ("sgmn.figures", "sgmn.report")) == {}, folder

@@ -18,7 +18,7 @@ from sgmn.config import load_schema, validate
 from sgmn.fidelity import DIFFERENCES, apply_fidelity
 from sgmn.models.gci import GCI, BatchLinear, frame_profile, topk_connections
 from sgmn.models.sgmn import SGMN
-from sgmn.models.smf import SMF, TextFusion, hard_candidates
+from sgmn.models.smf import SMF, PairScorer, TextFusion, hard_candidates
 from sgmn.models.tmc import TMC, compact_frames
 from sgmn.models.losses import (distance_weighted_triplet, kl_rows, masked_vse_triplet, text_infonce,
                                vse_triplet)
@@ -460,6 +460,38 @@ def test_pair_scorer_ignores_padded_frame_tokens(pool):
     assert logits.shape == (B,) and torch.allclose(logits, logits2, atol=1e-5)
     smf.scorer.pool = "cls" if pool == "avg" else "avg"
     assert not torch.allclose(logits, smf.scorer(smf.scorer.prepare(img_tok, vid_tok), idx, idx.roll(1), vid_mask))
+
+
+def _per_pair_attention(q, k, v, img_idx, vid_idx, vid_mask):
+    """Eq. 20 pair by pair, by hand: softmax over the clip's real tokens of q_i k_j^T / sqrt(d)."""
+    out = []
+    for i, j in zip(img_idx.tolist(), vid_idx.tolist()):
+        logits = q[i] @ k[j].transpose(-1, -2) / q.shape[-1] ** 0.5            # (H, Tq, Tv)
+        logits = logits.masked_fill(~vid_mask[j], float("-inf"))
+        out.append((logits.softmax(-1) @ v[j]).transpose(0, 1).flatten(1))     # (Tq, H*dh)
+    return torch.stack(out)
+
+
+def test_pair_cross_attention_grouped_by_clip_equals_pair_by_pair():
+    """The clip-grouped attention (queries of a clip's images stacked) gives each pair exactly
+    its own attention, and the same gradients, with clips of unequal pair counts and padding."""
+    torch.manual_seed(0)
+    n, h, tq, tv, dh = 5, 4, 3, 6, 8
+    q, k, v = (torch.randn(n, h, t, dh, requires_grad=True) for t in (tq, tv, tv))
+    vid_mask = torch.ones(n, tv, dtype=torch.bool)
+    vid_mask[1, 3:] = False
+    vid_mask[4, 1:] = False
+    img_idx = torch.tensor([0, 3, 1, 1, 4, 2, 0, 2])
+    vid_idx = torch.tensor([2, 2, 0, 2, 1, 4, 1, 2])            # clip 2 has 4 pairs, clip 3 none
+    got = PairScorer.cross_attend(q, k, v, img_idx, vid_idx, vid_mask)
+    want = _per_pair_attention(q, k, v, img_idx, vid_idx, vid_mask)
+    assert got.shape == (8, tq, h * dh) and torch.allclose(got, want, atol=1e-6)
+    w = torch.randn_like(want)
+    g_got = torch.autograd.grad((got * w).sum(), (q, k, v))
+    g_want = torch.autograd.grad((want * w).sum(), (q, k, v))
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert g_got[1][3].abs().sum() == 0                           # an unpaired clip gets no gradient
 
 
 # ---------------------------------------------------------------- losses

@@ -382,8 +382,9 @@ def test_smoke_dag_through_sbatch_matches_a_local_run(tmp_path, slurm_cluster):
     # one training job was cancelled mid-run and resubmitted: its run has two logs
     assert len(cancelled) == 1, "no training job was caught between its first checkpoint and its end"
     cancelled_id, cancelled_run = cancelled[0]
+    # figure_attention loads checkpoints and encodes clips: a cluster job (the other figures are local)
     expected = {"synth": 1, "pretrain_clip": 1, "data_stats": 1, "frame_store": 1, "bench_methods": 1,
-                "train": len(runs) + 1, "evaluate": len(runs)}
+                "figure_attention": 1, "train": len(runs) + 1, "evaluate": len(runs)}
     if any(resolve_variant(smoke_config, v)["sgmn"]["te"] for v in smoke["variants"]):
         expected["text_features"] = 1  # one cache for every variant with the text branch
     assert {rule: len(paths) for rule, paths in logs.items()} == expected, logs

@@ -75,15 +75,16 @@ def _is_box(value) -> bool:
             and all(isinstance(v, (int, float)) for v in value))
 
 
-def parse_boxes(text: str, n_frames: int, notes: list[str] | None = None
+def parse_boxes(text: str | list, n_frames: int, notes: list[str] | None = None
                 ) -> tuple[list[list[list[float]]], bool]:
-    """Per-frame box lists and whether the clip's boxes are in pixels (module docstring).
+    """Per-frame box lists and whether the clip's boxes are in pixels (module docstring), from
+    the text of a list or a list already parsed (the test split's JSON box file).
 
     Accepts one list of boxes per frame or one flat box per frame; [0,0,0,0] means "no box".
     A zero-width or zero-height box is dropped as "no box" and, like a clipped coordinate,
     noted in `notes`; anything ambiguous raises ValueError.
     """
-    value = _parse_list(text)
+    value = text if isinstance(text, list) else _parse_list(text)
     if value is None or not isinstance(value, (list, tuple)):
         raise ValueError("box list is not a list")
     if len(value) != n_frames:
@@ -159,7 +160,7 @@ def frame_path(root: Path, frame_id: str) -> Path:
     if frame_id.lower().endswith((".jpg", ".jpeg", ".png")):
         return root / frame_id
     clip_id = frame_id.rsplit("-", 1)[0]
-    return root / "frames" / clip_id / f"{frame_id}.jpg"
+    return root.joinpath("frames", clip_id, f"{frame_id}.jpg")   # one parse: 426k of them on LPR4M
 
 
 def image_path(root: Path, image_id: str) -> Path:
@@ -396,7 +397,7 @@ def read_test(root: str | Path, media=None) -> TestSet:
         if frame_ids:
             notes: list[str] = []
             try:
-                boxes, pixel = parse_boxes(json.dumps([frame_boxes[f] for f in frame_ids]), len(frame_ids), notes)
+                boxes, pixel = parse_boxes([frame_boxes[f] for f in frame_ids], len(frame_ids), notes)
             except ValueError as err:
                 raise AnnotationError(box_path, None, f"boxes of {video_id}: {err}") from None
             problems.extend(f"{box_path}: boxes of {video_id}: {note}" for note in notes)

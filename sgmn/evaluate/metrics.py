@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from sgmn.data.subsets import THRESHOLDS
-from sgmn.evaluate.scores import ScoreTableError
+from sgmn.evaluate.scores import ScoreTableError, first_duplicate
 
 KS = (1, 5, 10)
 TIE_BREAK = "score desc, then image_id asc"
@@ -92,56 +92,99 @@ def _check_queries(queries: list[Query]) -> None:
                     )
 
 
-def _gallery_table(
-    queries: list[Query],
-) -> tuple[np.ndarray, np.ndarray, dict[str, int], int, np.ndarray]:
-    """Flatten the galleries into (query index, image code) rows.
+@dataclass
+class _Galleries:
+    """Every query's gallery as rows of one flat (query, image code) table.
 
     Image codes index ``vocab`` = every gallery image id, sorted, so comparing codes is comparing
-    image ids (needed by the tie-break). Duplicate ids inside one gallery are kept once.
-    Galleries are shared by all queries of a live, so each distinct gallery is encoded once.
-    Returns (q_of_row, code_of_row, {image_id: code}, n_duplicate_gallery_entries, gallery sizes).
+    image ids (needed by the tie-break). Query ``i`` owns rows ``start[i] : start[i] + size[i]``.
+    Galleries are shared by all queries of a live, so each distinct gallery is encoded once, and
+    (distinct gallery, image code) -> position in it is a lookup over those few entries.
     """
-    distinct: dict[tuple[str, ...], tuple[str, ...]] = {}
-    n_dup = 0
-    for q in queries:
-        if q.gallery not in distinct:
-            distinct[q.gallery] = tuple(dict.fromkeys(q.gallery))  # order-preserving dedup
-        n_dup += len(q.gallery) - len(distinct[q.gallery])
-    vocab = sorted(set().union(*distinct.values()))  # Python str order = the tie-break order
+
+    vocab: pd.Index  # sorted gallery image ids
+    q_row: np.ndarray  # query index of each row
+    code_row: np.ndarray  # image code of each row
+    size: np.ndarray  # rows per query (its distinct gallery images)
+    start: np.ndarray  # first row of each query
+    gallery_of_q: np.ndarray  # distinct-gallery index of each query
+    slot: pd.Index  # key gallery * len(vocab) + code of every distinct gallery entry ...
+    slot_pos: np.ndarray  # ... and that entry's position in its gallery
+    n_dup: int  # duplicate ids inside galleries (kept once)
+
+    def position(self, q: np.ndarray, code: np.ndarray) -> np.ndarray:
+        """Row of image ``code`` in query ``q``'s gallery, -1 when it is not there (or code -1)."""
+        if not len(self.slot_pos):
+            return np.full(len(q), -1, dtype=np.int64)
+        key = self.gallery_of_q[q]
+        key *= max(len(self.vocab), 1)
+        key += code
+        hit = self.slot.get_indexer(key)
+        del key
+        hit[code < 0] = -1  # a code -1 key would alias the previous gallery's last entry
+        row = self.slot_pos[hit]
+        row += self.start[q]
+        row[hit < 0] = -1
+        return row
+
+
+def _gallery_table(queries: list[Query]) -> _Galleries:
+    """Flatten the galleries (see :class:`_Galleries`); duplicate ids inside one gallery are kept once."""
+    distinct: dict[tuple[str, ...], int] = {}
+    seen: dict[int, int] = {}  # id(gallery tuple) -> index: queries of a live share one tuple,
+    for q in queries:          # so a 600-id tuple is hashed once per live, not once per query
+        if id(q.gallery) not in seen:
+            seen[id(q.gallery)] = distinct.setdefault(q.gallery, len(distinct))
+    deduped = [tuple(dict.fromkeys(g)) for g in distinct]  # order-preserving dedup
+    vocab = sorted(set().union(*deduped))  # Python str order = the tie-break order
     code_of = {img: i for i, img in enumerate(vocab)}
-    encoded = {
-        g: np.fromiter((code_of[i] for i in d), dtype=np.int64, count=len(d)) for g, d in distinct.items()
-    }
+    encoded = [np.fromiter((code_of[i] for i in d), dtype=np.int64, count=len(d)) for d in deduped]
+    gallery_of_q = np.fromiter((seen[id(q.gallery)] for q in queries), dtype=np.int64, count=len(queries))
+    listed = np.fromiter((len(g) for g in distinct), dtype=np.int64, count=len(distinct))
+    kept = np.fromiter((len(d) for d in deduped), dtype=np.int64, count=len(deduped))
+    size = kept[gallery_of_q]
+    n_rows = int(size.sum())
+    q_row = np.repeat(np.arange(len(queries), dtype=np.int64), size)
+    code_row = np.concatenate([encoded[g] for g in gallery_of_q]) if n_rows else np.zeros(0, np.int64)
+    n_gal = np.repeat(np.arange(len(deduped), dtype=np.int64), kept)
+    slot_code = np.concatenate(encoded) if encoded else np.zeros(0, np.int64)
+    return _Galleries(
+        vocab=pd.Index(vocab, dtype=object), q_row=q_row, code_row=code_row, size=size,
+        start=np.cumsum(size) - size, gallery_of_q=gallery_of_q,
+        slot=pd.Index(n_gal * max(len(vocab), 1) + slot_code),
+        slot_pos=np.arange(len(slot_code), dtype=np.int64) - np.repeat(np.cumsum(kept) - kept, kept),
+        n_dup=int((listed - kept)[gallery_of_q].sum()),
+    )
 
-    per_query = [encoded[q.gallery] for q in queries]
-    sizes = np.fromiter((len(c) for c in per_query), dtype=np.int64, count=len(queries))
-    q_of_row = np.repeat(np.arange(len(queries), dtype=np.int64), sizes)
-    code_of_row = np.concatenate(per_query) if per_query else np.zeros(0, dtype=np.int64)
-    return q_of_row, code_of_row, code_of, n_dup, sizes
+
+def _id_codes(col: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """(code per row, -1 when missing; distinct ids): a Categorical's own codes, else factorized."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.cat.codes.to_numpy(), col.cat.categories  # int8/16/32 as pandas keeps them
+    codes, uniq = pd.factorize(col, sort=False)
+    return codes, pd.Index(uniq)
 
 
-def _score_rows(scores: pd.DataFrame, qindex: pd.Index, vocab: list[str]) -> dict[str, Any]:
+def _score_rows(scores: pd.DataFrame, qindex: pd.Index, vocab: pd.Index) -> dict[str, Any]:
     """Validate the long score table and encode it as (query index, image code, score) arrays.
 
-    Rows of unknown video_ids are dropped and counted; rows of images outside every gallery get
-    image code -1 (they still show that the query has scores, but can never be ranked).
+    Ids are joined by code: each distinct id of the table is looked up once, then every row takes
+    its id's result. Rows of unknown video_ids are dropped and counted; rows of images outside every
+    gallery get image code -1 (they still show that the query has scores, but can never be ranked).
     """
     missing_cols = {"video_id", "image_id", "score"} - set(scores.columns)
     if missing_cols:
         raise ValueError(f"scores lacks columns {sorted(missing_cols)}")
-    # factorize once; the mappings below then work on the (small) sets of distinct ids
-    vcodes, vuniq = pd.factorize(scores["video_id"], sort=False)
-    icodes, iuniq = pd.factorize(scores["image_id"], sort=False)
+    vcodes, vuniq = _id_codes(scores["video_id"])
+    icodes, iuniq = _id_codes(scores["image_id"])
     pair = vcodes.astype(np.int64) * max(len(iuniq), 1) + icodes
-    dup = pd.Series(pair).duplicated().to_numpy()
-    if dup.any():
-        r = int(np.flatnonzero(dup)[0])
+    r = first_duplicate(pair)
+    if r is not None:
         raise ScoreTableError(
             f"duplicate score rows for (video_id, image_id) = "
             f"({vuniq[vcodes[r]]!r}, {iuniq[icodes[r]]!r})"
         )
-    if (vcodes < 0).any() or (icodes < 0).any():  # factorize codes a missing id -1: never index with it
+    if (vcodes < 0).any() or (icodes < 0).any():  # a missing id is coded -1: never index with it
         r = int(np.flatnonzero((vcodes < 0) | (icodes < 0))[0])
         raise ScoreTableError(f"scores row {r + 1}: missing video_id or image_id")
     score = scores["score"].to_numpy(dtype=float)
@@ -151,37 +194,47 @@ def _score_rows(scores: pd.DataFrame, qindex: pd.Index, vocab: list[str]) -> dic
                               f"({vuniq[vcodes[r]]!r}, {iuniq[icodes[r]]!r})")
 
     q_of_uniq = qindex.get_indexer(pd.Index(vuniq))
-    img_of_uniq = pd.Index(vocab, dtype=object).get_indexer(pd.Index(iuniq)) if vocab else np.full(len(iuniq), -1)
+    img_of_uniq = vocab.get_indexer(pd.Index(iuniq)) if len(vocab) else np.full(len(iuniq), -1)
     q = q_of_uniq[vcodes]
     known = q >= 0
-    if len(q) and len(qindex) and not known.any():
+    n_unknown = len(q) - int(np.count_nonzero(known))
+    if len(q) and len(qindex) and n_unknown == len(q):
+        seen = vuniq[pd.unique(vcodes)[:5]]  # in table order, as the file lists them
         raise ScoreTableError(f"no row of the score table matches a query of the test set "
-                              f"(first video_ids: {[str(v) for v in vuniq[:5]]})")
-    unknown_ids = sorted(str(v) for v in vuniq[q_of_uniq < 0])
-    return {
-        "q": q[known].astype(np.int64),
-        "img": img_of_uniq[icodes][known].astype(np.int64),
-        "score": score[known],
-        "unknown_query_rows": int((~known).sum()),
-        "unknown_query_ids": unknown_ids,
-    }
+                              f"(first video_ids: {[str(v) for v in seen]})")
+    used = np.bincount(vcodes, minlength=len(vuniq)) > 0  # a Categorical may list unused ids
+    unknown_ids = sorted(str(v) for v in vuniq[used & (q_of_uniq < 0)])
+    img = img_of_uniq[icodes]
+    if n_unknown:  # else no 12M-row copies
+        q, img, score = q[known], img[known], score[known]
+    return {"q": q, "img": img, "score": score, "unknown_query_rows": n_unknown, "unknown_query_ids": unknown_ids}
 
 
-def _lookup_scores(
-    q_row: np.ndarray, code_row: np.ndarray, s: dict[str, Any], n_img: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Score of every gallery row (``-inf`` when absent) and a mask of rows that had a score."""
-    in_vocab = s["img"] >= 0
-    skey = s["q"][in_vocab] * n_img + s["img"][in_vocab]
-    sval = s["score"][in_vocab]
-    order = np.argsort(skey, kind="stable")
-    skey, sval = skey[order], sval[order]
-    gkey = q_row * n_img + code_row
-    pos = np.searchsorted(skey, gkey)
-    pos_c = np.minimum(pos, max(len(skey) - 1, 0))
-    found = (pos < len(skey)) & (skey[pos_c] == gkey) if len(skey) else np.zeros(len(gkey), bool)
-    val = np.where(found, sval[pos_c] if len(skey) else -np.inf, -np.inf)
-    return val, found
+def _lookup_scores(gal: _Galleries, s: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Score of every gallery row (``-inf`` when absent) and the query of each score row that is
+    in its query's gallery (one per scored gallery row: the table has no duplicate pairs)."""
+    row = gal.position(s["q"], s["img"])
+    hit = row >= 0
+    val = np.full(len(gal.q_row), -np.inf)
+    if hit.all():  # every row in its query's gallery: no 12M-row copies
+        val[row] = s["score"]
+        return val, s["q"]
+    val[row[hit]] = s["score"][hit]
+    return val, s["q"][hit]
+
+
+def _gt_rows(queries: list[Query], gal: _Galleries) -> tuple[np.ndarray, np.ndarray]:
+    """Mask of the gallery rows that are a query's ground truth, and per query the number of its
+    (distinct) ground-truth ids outside its gallery; GT ids are coded once against the vocab."""
+    gts = [tuple(dict.fromkeys(q.gt)) for q in queries]
+    n = np.fromiter((len(g) for g in gts), dtype=np.int64, count=len(gts))
+    gt_q = np.repeat(np.arange(len(queries), dtype=np.int64), n)
+    ids = [g for ids in gts for g in ids]
+    code = gal.vocab.get_indexer(pd.Index(ids, dtype=object)) if ids and len(gal.vocab) else np.full(len(ids), -1)
+    row = gal.position(gt_q, code.astype(np.int64)) if len(ids) else np.zeros(0, np.int64)
+    is_gt = np.zeros(len(gal.q_row), bool)
+    is_gt[row[row >= 0]] = True
+    return is_gt, np.bincount(gt_q[row < 0], minlength=len(queries))
 
 
 def _best_gt_rank(q_row, code_row, score_row, is_gt, n_q) -> np.ndarray:
@@ -200,9 +253,14 @@ def _best_gt_rank(q_row, code_row, score_row, is_gt, n_q) -> np.ndarray:
     best_score[gq[first]] = gs[first]
     best_code[gq[first]] = gc[first]
 
-    bs, bc = best_score[q_row], best_code[q_row]
-    before = (score_row > bs) | ((score_row == bs) & (code_row < bc))  # NaN (no GT) -> False
-    rank = np.bincount(q_row, weights=before, minlength=n_q) + 1.0
+    # before = higher score, or the same score and a smaller id (NaN: no GT -> False); one
+    # 12M-row gather at a time
+    bs = best_score[q_row]
+    before, tie = score_row > bs, score_row == bs
+    del bs
+    tie &= code_row < best_code[q_row]
+    before |= tie
+    rank = np.bincount(q_row[before], minlength=n_q) + 1.0  # integer counts: exact as floats
     rank[best_code < 0] = np.inf
     return rank
 
@@ -217,32 +275,21 @@ def _rank(
     n_q = len(queries)
     qindex = pd.Index([q.video_id for q in queries])
 
-    q_row, code_row, code_of, n_dup, gallery_size = _gallery_table(queries)
-    n_img = max(len(code_of), 1)
-    s = _score_rows(scores, qindex, list(code_of))  # dict order = code order
+    gal = _gallery_table(queries)
+    gallery_size = gal.size
+    s = _score_rows(scores, qindex, gal.vocab)
 
     # ground-truth flags on the gallery rows (GT ids outside the gallery cannot be ranked)
-    gt_q, gt_code = [], []
-    n_gt_outside = np.zeros(n_q, dtype=np.int64)
-    gallery_sets: dict[tuple[str, ...], frozenset[str]] = {}
-    for i, q in enumerate(queries):
-        gset = gallery_sets.setdefault(q.gallery, frozenset(q.gallery))
-        for g in dict.fromkeys(q.gt):
-            if g in gset:
-                gt_q.append(i)
-                gt_code.append(code_of[g])
-            else:
-                n_gt_outside[i] += 1
-    gt_key = np.asarray(gt_q, dtype=np.int64) * n_img + np.asarray(gt_code, dtype=np.int64)
-    # hash lookup of 12M gallery keys in the few GT keys (faster than np.isin's sort)
-    is_gt = pd.Index(gt_key).get_indexer(q_row * n_img + code_row) >= 0
-    n_gt_in = np.bincount(q_row[is_gt], minlength=n_q)
+    is_gt, n_gt_outside = _gt_rows(queries, gal)
+    n_gt_in = np.bincount(gal.q_row[is_gt], minlength=n_q)
 
-    score_row, found = _lookup_scores(q_row, code_row, s, n_img)
-    rank = _best_gt_rank(q_row, code_row, score_row, is_gt, n_q)
+    score_row, q_scored = _lookup_scores(gal, s)
+    rank = _best_gt_rank(gal.q_row, gal.code_row, score_row, is_gt, n_q)
+    n_dup = gal.n_dup
+    del score_row, gal  # the flat 12M-row arrays are not needed past here
 
     n_score_rows = np.bincount(s["q"], minlength=n_q)
-    n_scored = np.bincount(q_row[found], minlength=n_q)
+    n_scored = np.bincount(q_scored, minlength=n_q)
     reason = _miss_reasons(queries, unreadable, gallery_size, n_gt_in, n_score_rows, n_scored)
     is_miss = np.array([r is not None for r in reason], dtype=bool)
     rank[is_miss] = np.inf
@@ -263,7 +310,7 @@ def _rank(
         "unknown_query_rows": s["unknown_query_rows"],
         "unknown_query_ids": s["unknown_query_ids"],
         "missing_gallery_scores": int(n_missing.sum()),
-        "duplicate_gallery_entries": int(n_dup),
+        "duplicate_gallery_entries": n_dup,
         "gt_outside_gallery": int(n_gt_outside[~is_miss].sum()),
         "tie_break": TIE_BREAK,
     }
@@ -363,8 +410,20 @@ def compute_metrics(
     that still has one inside), ``tie_break`` and ``mean_gallery_size``.
     See :func:`rank_queries` for ranks, ties and misses.
     """
-    table, info = _rank(scores, queries, unreadable)
+    return evaluate_scores(scores, queries, unreadable)[0]
 
+
+def evaluate_scores(
+    scores: pd.DataFrame, queries: list[Query], unreadable: dict[str, str] | None = None
+) -> tuple[dict, pd.DataFrame]:
+    """(:func:`compute_metrics`, :func:`rank_queries`) from one ranking: a table of 12M score
+    rows is joined and ranked once for both."""
+    table, info = _rank(scores, queries, unreadable)
+    return _aggregate(table, info), table
+
+
+def _aggregate(table: pd.DataFrame, info: dict[str, Any]) -> dict:
+    """The metrics of :func:`compute_metrics` from the per-query table and the counters."""
     subsets: dict[str, dict[str, Any]] = {}
     known = table[table["scale"].notna()]  # subsets are all-or-nothing per query (_check_queries)
     for name, (_, labels) in THRESHOLDS.items():
@@ -383,7 +442,7 @@ def compute_metrics(
         "misses": [
             {"video_id": v, "reason": r} for v, r in zip(miss_rows["video_id"], miss_rows["miss_reason"])
         ],
-        "n_misses": int(len(miss_rows)),
+        "n_misses": len(miss_rows),
         "missing_gallery_scores": info["missing_gallery_scores"],
         "unknown_query_rows": info["unknown_query_rows"],
         # score rows of clips that are not queries (no ground-truth entry): listed, not counted in n

@@ -14,48 +14,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from sgmn.data.frame_store import open_store
 from sgmn.data.datasets import ImageDataset, QueryDataset, collate, index_of, read_split
+from sgmn.data.frame_store import open_store
 from sgmn.data.gallery_unit import DEFAULT_UNIT, apply_gallery_unit
-from sgmn.data.lpr4m import normalise_boxes
-from sgmn.data.records import AnnotationError, TestSet
-from sgmn.data.subsets import subset_labels
-from sgmn.evaluate.metrics import Query, compute_metrics, rank_queries
+from sgmn.data.records import TestSet
+from sgmn.evaluate.from_scores import build_queries, metrics_from_scores  # noqa: F401  (torch-free, re-exported)
+from sgmn.models.device import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
 
 def _progress(it, desc):
     return tqdm(it, desc=desc, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 15.0)
-
-
-def build_queries(test: TestSet) -> list[Query]:
-    """Metric queries (gallery, ground truth, subsets, category) from a loaded test split."""
-    queries = []
-    for clip in test.queries:
-        subsets = None
-        if clip.frame_boxes:
-            boxes = clip.frame_boxes
-            if clip.extra.get("pixel_boxes") and clip.frame_paths:
-                try:
-                    with Image.open(clip.frame_paths[0]) as im:
-                        size = im.size
-                except OSError:
-                    size = None  # frame unreadable: the query is reported as unreadable anyway
-                try:
-                    boxes = normalise_boxes(boxes, *size) if size else None
-                except ValueError as err:
-                    raise AnnotationError(clip.extra.get("box_source", clip.source), None,
-                                          f"boxes of {clip.video_id}: {err}") from None
-            subsets = subset_labels(boxes) if boxes else None
-        queries.append(Query(video_id=clip.video_id, gallery=tuple(test.gallery_of(clip)),
-                             gt=tuple(test.gt.get(clip.video_id, ())), subsets=subsets,
-                             category=test.categories.get(clip.video_id) or clip.category_name))
-    return queries
 
 
 def _with_text(model, batch: dict, text_store, texts: list[str], key: str) -> dict:
@@ -155,29 +128,15 @@ def evaluate_model(model, config: dict, data_dir: str | Path, text_store=None, f
     device = next(model.parameters()).device
     model.eval()
     m, bs = config["model"], config["evaluate"]["batch_size"]
-    image_ids, image_emb, gallery_errors = encode_gallery(model, test, m["image_size"], bs, device, text_store,
-                                                           store)
-    query_ids, query_emb, unreadable, frame_errors = encode_queries(
-        model, test, m["num_frames"], m["image_size"], bs, device, text_store, store)
+    precision, why = resolve_precision(config.get("train", {}).get("precision", "fp32"), device, model)
+    log.info("encoding in %s (%s)", precision, why)
+    with autocast(precision, device):      # the encoders as trained (embeddings come back as fp32)
+        image_ids, image_emb, gallery_errors = encode_gallery(model, test, m["image_size"], bs, device,
+                                                               text_store, store)
+        query_ids, query_emb, unreadable, frame_errors = encode_queries(
+            model, test, m["num_frames"], m["image_size"], bs, device, text_store, store)
     scores = score_table(test, query_ids, query_emb, image_ids, image_emb, model.score)
     metrics, per_query = metrics_from_scores(test, scores, unreadable)
     metrics["gallery_errors"] = gallery_errors
     metrics["frame_errors"] = frame_errors
     return scores, metrics, per_query
-
-
-def metrics_from_scores(test: TestSet, scores: pd.DataFrame, unreadable: dict | None = None,
-                        gallery: str | None = None):
-    """Metrics and the per-query table of a score table on a test split.
-
-    gallery: the gallery unit (evaluate.gallery); None keeps the one the split already has,
-    or all_images for a split as read. The metrics record it under `gallery_unit` (with
-    `mean_gallery_size`, the mean over queries of the images each was ranked against).
-    """
-    test = apply_gallery_unit(test, gallery or test.gallery_unit or DEFAULT_UNIT)
-    queries = build_queries(test)
-    metrics = compute_metrics(scores, queries, unreadable or {})
-    metrics["annotation_problems"] = test.problems
-    metrics["gallery_unit"] = test.gallery_unit
-    metrics["gallery_unit_report"] = test.gallery_report
-    return metrics, rank_queries(scores, queries, unreadable or {})

@@ -113,16 +113,38 @@ class PairScorer(nn.Module):
     def forward(self, state, img_idx: torch.Tensor, vid_idx: torch.Tensor, vid_mask: torch.Tensor):
         """Logits (P,) of the pairs (image img_idx[p], clip vid_idx[p]); vid_mask (N, Tv) True=real."""
         x, q, k, v = state
-        # index_select, not t[idx]: its backward is an index_add, ~3x faster than the
-        # accumulating index_put of advanced indexing on CPU
-        pick = lambda t, idx: t.index_select(0, idx)  # noqa: E731
-        attn_mask = pick(vid_mask, vid_idx)[:, None, None, :]               # (P, 1, 1, Tv)
-        a = F.scaled_dot_product_attention(pick(q, img_idx), pick(k, vid_idx), pick(v, vid_idx),
-                                           attn_mask=attn_mask)
-        y = pick(x, img_idx) + self.out(a.transpose(1, 2).flatten(2))      # (P, Tq, D)
+        a = self.cross_attend(q, k, v, img_idx, vid_idx, vid_mask)           # (P, Tq, D)
+        y = x.index_select(0, img_idx) + self.out(a)
         y = y + self.mlp(self.norm_mlp(y))
         pooled = y.mean(1) if self.pool == "avg" else y[:, 0]
         return self.head(pooled).squeeze(-1)
+
+    @staticmethod
+    def cross_attend(q, k, v, img_idx, vid_idx, vid_mask) -> torch.Tensor:
+        """Eq. 20's cross-attention of every pair, (P, Tq, D), without copying a clip's keys and
+        values per pair.
+
+        A query row's softmax runs over its own clip's keys only, so the queries of all the
+        images paired with one clip can attend together: they are stacked along the query axis
+        (M slots per clip, M = the most pairs any clip has; empty slots repeat image 0 and are
+        dropped). One attention call per clip batch then reads each clip's keys once, and their
+        gradient is summed inside the attention's backward instead of by a scatter over pairs
+        (which on CPU cost more than the attention itself).
+        """
+        n, h, tq, dh = q.shape
+        p = vid_idx.shape[0]
+        order = torch.argsort(vid_idx, stable=True)
+        counts = torch.bincount(vid_idx, minlength=n)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(vid_idx)
+        slot[order] = torch.arange(p, device=vid_idx.device) - starts[vid_idx[order]]
+        m = int(counts.max())
+        table = torch.zeros(n * m, dtype=torch.long, device=q.device)
+        table[vid_idx * m + slot] = img_idx                                    # (clip, slot) -> image
+        qs = q.index_select(0, table).view(n, m, h, tq, dh).transpose(1, 2).reshape(n, h, m * tq, dh)
+        a = F.scaled_dot_product_attention(qs, k, v, attn_mask=vid_mask[:, None, None, :])
+        a = a.view(n, h, m, tq, dh).permute(0, 2, 3, 1, 4).reshape(n * m, tq, h * dh)
+        return a.index_select(0, vid_idx * m + slot)
 
 
 class SMF(nn.Module):

@@ -18,7 +18,6 @@ import logging
 import math
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from sgmn.io import atomic_save, git_commit
 from sgmn.train import distributed
-from sgmn.models.device import resolve_device
+from sgmn.models.device import autocast, resolve_device, resolve_precision
 from sgmn.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -161,7 +160,9 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start, steps, rank, world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                         persistent_workers=False)
-    autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext())
+    precision, why = resolve_precision(precision, dev, model)
+    log.info("precision %s (%s)", precision, why)
+    amp = autocast(precision, dev)
     model.train()
     net = model
     if world_size > 1:
@@ -175,7 +176,7 @@ def train(model: torch.nn.Module, dataset: Dataset, collate: Callable, loss_fn: 
     for step, batch in enumerate(loader, start=start):
         batch = to_device(batch, dev)
         batch["step"] = step
-        with autocast:
+        with amp:
             out = loss_fn(net, batch, step_generator(seed, step))
         loss = optimise(out, opt, params, grad_clip, step)
         sched.step()

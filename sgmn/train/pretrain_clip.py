@@ -15,6 +15,7 @@ from open_clip.loss import ClipLoss
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from sgmn.data.augment import augment_batch
 from sgmn.data.datasets import index_of, read_split
 from sgmn.data.frames import CLIP_MEAN, CLIP_STD, read_image
 from sgmn.models.clip import create_clip, get_tokenizer, save_clip
@@ -24,27 +25,27 @@ log = logging.getLogger(__name__)
 
 
 class CatalogueDataset(Dataset):
-    """Unique (shop image, title) pairs of the training clips, with light augmentation."""
+    """Unique (shop image, title) pairs of the training clips: the image decoded once, as uint8
+    (3, S, S) (resized to the model's size S when it differs), and its tokenised title.
+    Augmentation runs on the whole batch in the loss (sgmn.data.augment)."""
 
     def __init__(self, clips, image_size: int, tokenizer):
         items = {c.image_id: (c.image_path, c.title) for c in clips}
         self.items = [items[k] for k in sorted(items)]
-        self.tokenizer = tokenizer
-        self.augment = v2.Compose([
-            v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
-            v2.RandomApply([v2.RandomRotation(20)], p=0.5),
-            v2.ColorJitter(0.3, 0.3, 0.2, 0.02),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(CLIP_MEAN.flatten().tolist(), CLIP_STD.flatten().tolist()),
-        ])
+        self.tokenizer, self.size = tokenizer, image_size
+        self.cache: dict[int, dict] = {}
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        path, title = self.items[i]
-        rgb = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1)  # (3, H, W) uint8
-        return {"image": self.augment(rgb), "text": self.tokenizer([title])[0]}
+        if i not in self.cache:
+            path, title = self.items[i]
+            rgb = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1)  # (3, H, W) uint8
+            if rgb.shape[1:] != (self.size, self.size):
+                rgb = v2.functional.resize(rgb, [self.size, self.size], antialias=True)
+            self.cache[i] = {"image": rgb, "text": self.tokenizer([title])[0]}
+        return self.cache[i]
 
 
 def collate(items):
@@ -66,7 +67,9 @@ def pretrain(config: dict, data_dir: str | Path, out: str | Path) -> Path:
     clip_loss = ClipLoss()
 
     def loss_fn(m, batch, generator):
-        img = m.encode_image(batch["image"], normalize=True)
+        images = augment_batch(batch["image"], mcfg["image_size"], CLIP_MEAN.flatten().tolist(),
+                               CLIP_STD.flatten().tolist(), generator)
+        img = m.encode_image(images, normalize=True)
         txt = m.encode_text(batch["text"], normalize=True)
         return {"contrastive_loss": clip_loss(img, txt, m.logit_scale.exp().clamp(max=100))}
 

@@ -73,6 +73,8 @@ def resolved(wildcards):
 
 def get_final_outputs():
     outputs = [f"results/{DATASET}/summary.csv", f"results/{DATASET}/tables"]
+    outputs += [f"results/{DATASET}/diff.md", f"results/{DATASET}/diff.json"]  # rule diff (report.smk)
+    outputs += get_figure_outputs()  # figures/ (figures.smk) and the report's pages (rule report_pages)
     if config["dataset"]["path"] is None and config["dataset"]["format"] == "lpr4m":
         outputs.append(f"results/{DATASET}/data_stats.json")  # LPR-Synth only (synth_meta.json)
     if TABLE2 is not None:
