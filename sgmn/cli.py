@@ -126,10 +126,11 @@ def cmd_evaluate(args) -> None:
     if (args.scores is None) == (args.checkpoint is None):
         raise SystemExit("evaluate needs exactly one of --checkpoint (score a model) or --scores (recompute)")
     if args.scores:  # no model: torch-free, ids joined as integer codes
-        from sgmn.evaluate.from_scores import metrics_from_scores, read_test_split
+        from sgmn.data.splits import read_split
+        from sgmn.evaluate.from_scores import metrics_from_scores
         from sgmn.evaluate.scores import read_scores
         fmt = args.format or detect_format(data)
-        test = read_test_split(data, fmt)
+        test = read_split(data, fmt, "test")
         scores, report = read_scores(args.scores, categorical=True)
         metrics, per_query = metrics_from_scores(test, scores, gallery=args.gallery or "all_images")
         metrics["score_table"] = {"path": str(args.scores), **report}

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from sgmn.data import lpr4m, movingfashion
+from sgmn.data import lpr4m
 from sgmn.data.frames import FrameReadError, load_clip_frames, load_image, read_image
 from sgmn.data.records import Clip, TestSet
+from sgmn.data.splits import read_split  # noqa: F401  (torch-free, re-exported)
 
 log = logging.getLogger(__name__)
 MAX_BOXES = 16  # boxes kept per frame in a batch (LPR4M's "abundant" starts above 7)
@@ -20,26 +21,6 @@ def index_of(dataset_config: dict) -> str | None:
     """dataset.index.path of a config: the shard index the frames and images are read through
     (`sgmn index`), or None for files in LPR4M's layout (a config without the key too)."""
     return (dataset_config.get("index") or {}).get("path") or None
-
-
-def read_split(root: str | Path, fmt: str, split: str, on_bad_line: str = "error",
-               skipped: list[str] | None = None, index: str | Path | None = None):
-    """Training clips (split="train") or the TestSet (split="test") of a dataset root; with
-    `index` (a shard index directory, LPR4M only) its frames and images are read from the
-    img2dataset shards instead of the root's frames/ and images/."""
-    if fmt == "lpr4m":
-        media = None
-        if index is not None:
-            from sgmn.data.shard_index import IndexMedia
-            media = IndexMedia(index)
-        if split == "train":
-            return lpr4m.read_training(root, on_bad_line, skipped, media)
-        return lpr4m.read_test(root, media)
-    if index is not None:
-        raise ValueError(f"a shard index (dataset.index) is read for the lpr4m format only, not {fmt}")
-    if fmt == "movingfashion":
-        return movingfashion.read_training(root) if split == "train" else movingfashion.read_test(root)
-    raise ValueError(f"unknown dataset format '{fmt}' (lpr4m or movingfashion)")
 
 
 def boxes_tensor(frame_boxes, index: torch.Tensor, pixel_size: tuple[int, int] | None = None):

@@ -6,8 +6,6 @@ recomputing LPR4M's metrics, so this path reads the test split and ranks without
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 from PIL import Image
 
@@ -16,18 +14,6 @@ from sgmn.data.lpr4m import normalise_boxes
 from sgmn.data.records import AnnotationError, TestSet
 from sgmn.data.subsets import subset_labels
 from sgmn.evaluate.metrics import Query, evaluate_scores
-
-
-def read_test_split(root: str | Path, fmt: str) -> TestSet:
-    """The test split as `sgmn.data.datasets.read_split(root, fmt, "test")` reads it (no shard
-    index), without importing the torch datasets."""
-    if fmt == "lpr4m":
-        from sgmn.data import lpr4m
-        return lpr4m.read_test(root)
-    if fmt == "movingfashion":
-        from sgmn.data import movingfashion
-        return movingfashion.read_test(root)
-    raise ValueError(f"unknown dataset format '{fmt}' (lpr4m or movingfashion)")
 
 
 def _shared_tuple(ids: list[str], shared: dict) -> tuple[str, ...]:

@@ -266,10 +266,10 @@ def plot_attention(data: str | Path, runs: list[RunRef], out_base: str | Path, n
     if len(runs) < 2 or len(runs) % 2:
         raise ValueError(f"Fig. 6 compares pairs of runs (without TE, with TE); got {len(runs)} runs")
     from sgmn.data.frames import read_image
-    from sgmn.evaluate.from_scores import read_test_split
+    from sgmn.data.splits import read_split
 
     plt = pyplot()
-    candidates = crowded_frames(read_test_split(data, fmt).queries, min_distractors)
+    candidates = crowded_frames(read_split(data, fmt, "test").queries, min_distractors)
     frames = candidates[:max_clips]
     ckpts = [r.file("final.pt") for r in runs]
     atts = [model_attention(c, frames) if c is not None and frames else None for c in ckpts]

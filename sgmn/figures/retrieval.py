@@ -124,9 +124,9 @@ def plot_retrieval(data: str | Path, runs: list[RunRef], out_base: str | Path, n
                    fmt: str = "lpr4m") -> Written:
     """Fig. 5 (module docstring): one row per query: FRAMES frames, each model's top-3, and the
     ground-truth image; a model without a score table is a "not run" column."""
-    from sgmn.evaluate.from_scores import read_test_split
+    from sgmn.data.splits import read_split
 
-    test = read_test_split(data, fmt)
+    test = read_split(data, fmt, "test")
     gt = gt_pairs(test.gt)
     tops = [_load(r, gt) for r in runs]
     hits = [hit_at_1(t) if t is not None else None for t in tops]

@@ -209,7 +209,7 @@ def plot_twins(data: str | Path, runs: list[RunRef], out_base: str | Path, n_gro
     """Fig. 7b (module docstring): per group the clips, the twin images and one heatmap per
     run; the margin summary over every twin clip in the last row."""
     from sgmn.data.jsonfile import read_json
-    from sgmn.evaluate.from_scores import read_test_split
+    from sgmn.data.splits import read_split
 
     plt = pyplot()
     meta_path = Path(data) / "synth_meta.json"
@@ -217,7 +217,7 @@ def plot_twins(data: str | Path, runs: list[RunRef], out_base: str | Path, n_gro
         fig, ax = plt.subplots(figsize=(7, 3))
         not_run(ax, "Fig. 7b", f"{meta_path} does not exist: near-twins are known on LPR-Synth only")
         return Written(save(fig, out_base), not_run=["near-twin annotation"])
-    test = read_test_split(data, fmt)
+    test = read_split(data, fmt, "test")
     groups = twin_groups(read_json(meta_path)["products"], test.gallery, test.gt)
     shown = ([g for g in groups if len(g.images) >= 3] or groups)[:n_groups]
     tables = [_load_scores(r) for r in runs]
