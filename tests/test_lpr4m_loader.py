@@ -2,11 +2,14 @@
 
 Expected values come from tests/fixtures/lpr4m_real_small/EXPECTED.md (computed by hand).
 """
+import copy
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from sgmn.data import lpr4m
@@ -218,3 +221,46 @@ def test_score_table_runs_a_learned_pairwise_score_without_autograd():
     expected = pairwise(q_emb[[0]], i_emb[[images.index(row["image_id"])]]).item()
     assert row["score"] == pytest.approx(expected, rel=1e-5)
     assert len(table) == sum(len(test.gallery_of(q)) for q in test.queries)
+
+
+def _boxes_or_error(value, n, slow):
+    """parse_boxes' result, notes and error message, with the vectorised path on or off."""
+    with pytest.MonkeyPatch.context() as m:
+        if slow:
+            m.setattr(lpr4m, "_clean_boxes", lambda value: None)
+        notes: list[str] = []
+        try:
+            return lpr4m.parse_boxes(copy.deepcopy(value), n, notes), notes
+        except ValueError as err:
+            return "error", str(err)
+
+
+_coord = st.one_of(st.sampled_from([0, 0.0, 0.25, 0.5, 1, 1.0, 1.005, -0.005, 1.5, 3.0, 120, 640.0,
+                                    float("nan"), float("inf"), True]),
+                   st.floats(-1, 700, allow_nan=False))
+_box = st.one_of(st.lists(_coord, min_size=4, max_size=4), st.just([0, 0, 0, 0]),
+                 st.lists(_coord, min_size=3, max_size=5), st.just(["0.1", 0.2, 0.3, 0.4]))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(
+    st.lists(_box, min_size=1, max_size=6),                                          # one flat box per frame
+    st.integers(1, 3).flatmap(lambda k: st.lists(st.lists(_box, min_size=k, max_size=k), min_size=1, max_size=5)),
+    st.lists(st.lists(_box, min_size=0, max_size=3), min_size=1, max_size=5)))      # ragged
+def test_vectorised_boxes_agree_with_the_per_box_path(value):
+    """Whatever the list, the one-pass numpy path of parse_boxes returns what the per-box path
+    returns (boxes, pixel flag, notes) or raises the same error: it only takes clean lists."""
+    n = len(value)
+    assert _boxes_or_error(value, n, False) == _boxes_or_error(value, n, True)
+
+
+def test_vectorised_boxes_take_regular_clean_lists():
+    """The fast path is the one used for a clean regular list (LPR4M's test split), and it
+    drops [0,0,0,0] as no box."""
+    flat = [[0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0], [10, 20, 30, 40]]
+    assert lpr4m._clean_boxes(flat) == [[[0.1, 0.2, 0.3, 0.4]], [], [[10.0, 20.0, 30.0, 40.0]]]
+    nested = [[[0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0]], [[0.5, 0.5, 0.6, 0.7], [0.1, 0.1, 0.2, 0.2]]]
+    assert lpr4m._clean_boxes(nested) == [[[0.1, 0.2, 0.3, 0.4]], [[0.5, 0.5, 0.6, 0.7], [0.1, 0.1, 0.2, 0.2]]]
+    for unclean in ([[0.3, 0.2, 0.1, 0.4]], [[0.1, 0.2, 0.1, 0.4]], [[0.1, float("nan"), 0.3, 0.4]],
+                    [[[0.1, 0.2, 0.3, 0.4]], []], [["0.1", 0.2, 0.3, 0.4]]):
+        assert lpr4m._clean_boxes(unclean) is None
