@@ -264,3 +264,19 @@ def test_vectorised_boxes_take_regular_clean_lists():
     for unclean in ([[0.3, 0.2, 0.1, 0.4]], [[0.1, 0.2, 0.1, 0.4]], [[0.1, float("nan"), 0.3, 0.4]],
                     [[[0.1, 0.2, 0.3, 0.4]], []], [["0.1", 0.2, 0.3, 0.4]]):
         assert lpr4m._clean_boxes(unclean) is None
+
+
+def test_frame_paths_are_built_on_access_and_behave_as_a_list():
+    """FolderMedia's frames are lpr4m.FramePaths: the Paths of LPR4M's layout (frames/{clip}/
+    {frame}.jpg; a frame id that is a path as it is), by index, slice, iteration, ==, + and
+    pickling (DataLoader workers), without building a Path per frame when the clip is read."""
+    import pickle
+    clip = lpr4m.read_training(FIXTURE)[0]
+    paths = clip.frame_paths
+    assert isinstance(paths, lpr4m.FramePaths)
+    expected = [FIXTURE / "frames" / f.rsplit("-", 1)[0] / f"{f}.jpg" for f in paths.ids]
+    assert list(paths) == expected and paths == expected and paths[-1] == expected[-1]
+    assert paths[1:] == expected[1:] and len(paths) == len(expected)
+    assert paths + [clip.image_path] == expected + [clip.image_path]
+    assert pickle.loads(pickle.dumps(paths)) == expected
+    assert lpr4m.FramePaths(Path("/r"), ["sub/x.jpg"])[0] == Path("/r/sub/x.jpg")

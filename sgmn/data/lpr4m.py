@@ -20,6 +20,7 @@ import json
 import math
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,34 @@ def image_path(root: Path, image_id: str) -> Path:
     return root / "images" / f"{image_id}.jpg"
 
 
+class FramePaths(Sequence):
+    """A clip's frame files, each Path built when it is read: LPR4M's test split names 426,751
+    annotated frames and its training split about 4M clips, and a `--scores` evaluation reads
+    none of the files. A read-only list of Paths otherwise (len, index, slice, iterate, ==)."""
+
+    __slots__ = ("root", "ids")
+
+    def __init__(self, root: Path, ids: list[str]):
+        self.root, self.ids = root, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [frame_path(self.root, f) for f in self.ids[i]]
+        return frame_path(self.root, self.ids[i])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __add__(self, other) -> list[Path]:
+        return list(self) + list(other)
+
+    def __repr__(self) -> str:
+        return f"FramePaths({list(self)!r})"
+
+
 class FolderMedia:
     """Where the loaders find frames and images: files in LPR4M's layout under `root` (the
     default). sgmn.data.shard_index.IndexMedia has the same methods over img2dataset shards."""
@@ -207,6 +236,9 @@ class FolderMedia:
     def frame(self, frame_id: str) -> Path:
         return frame_path(self.root, frame_id)
 
+    def frames(self, frame_ids: list[str]) -> FramePaths:
+        return FramePaths(self.root, frame_ids)
+
     def image(self, image_id: str) -> Path:
         return image_path(self.root, image_id)
 
@@ -215,6 +247,12 @@ class FolderMedia:
         clip has no folder."""
         clip_dir = self.root / "frames" / clip_id
         return sorted(clip_dir.glob("*.jpg")) if clip_dir.is_dir() else None
+
+
+def _frames(media, frame_ids: list[str]):
+    """The frames of a clip through `media`: lazily where it can (FolderMedia.frames)."""
+    frames = getattr(media, "frames", None)
+    return frames(frame_ids) if frames is not None else [media.frame(f) for f in frame_ids]
 
 
 def parse_training_line(line: str, root: Path, path: Path, lineno: int,
@@ -254,7 +292,7 @@ def parse_training_line(line: str, root: Path, path: Path, lineno: int,
     extra["pixel_boxes"] = pixel
     return Clip(
         video_id=video_id, live_id=live_id_of(video_id),
-        frame_paths=[media.frame(f) for f in frame_ids], frame_boxes=boxes,
+        frame_paths=_frames(media, frame_ids), frame_boxes=boxes,
         image_id=image_id, image_path=media.image(image_id),
         title=row["title"], asr=row["asr"], category_id=category_id,
         category_name=row["category_name"], extra=extra, source=f"{path}:{lineno}")
@@ -435,7 +473,7 @@ def read_test(root: str | Path, media=None) -> TestSet:
             problems.append(f"{box_path}: no boxes for {video_id} (its subsets are unknown)")
         paths = media.clip_frames(video_id)  # every frame on disk, not only the annotated ones (1 every 3 s)
         if paths is None:
-            paths = [media.frame(f) for f in frame_ids]
+            paths = _frames(media, frame_ids)
         if video_id not in asr:
             problems.append(f"{asr_path}: no ASR line for {video_id} (empty ASR used)")
         queries.append(Clip(

@@ -1,6 +1,7 @@
 """Format-independent records that the LPR4M and MovingFashion loaders produce."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ class Clip:
     """
     video_id: str
     live_id: str | None
-    frame_paths: list[Path] | None = None
+    frame_paths: Sequence[Path] | None = None   # a list, or lpr4m.FramePaths (built on access)
     video_path: Path | None = None
     frame_boxes: list[list[list[float]]] | None = None
     image_id: str | None = None
