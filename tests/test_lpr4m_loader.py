@@ -255,14 +255,16 @@ def test_vectorised_boxes_agree_with_the_per_box_path(value):
 
 
 def test_vectorised_boxes_take_regular_clean_lists():
-    """The fast path is the one used for a clean regular list (LPR4M's test split), and it
-    drops [0,0,0,0] as no box."""
+    """The fast path is the one used for a clean list, regular or ragged (LPR4M's test split),
+    and it drops [0,0,0,0] as no box."""
     flat = [[0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0], [10, 20, 30, 40]]
     assert lpr4m._clean_boxes(flat) == [[[0.1, 0.2, 0.3, 0.4]], [], [[10.0, 20.0, 30.0, 40.0]]]
     nested = [[[0.1, 0.2, 0.3, 0.4], [0, 0, 0, 0]], [[0.5, 0.5, 0.6, 0.7], [0.1, 0.1, 0.2, 0.2]]]
     assert lpr4m._clean_boxes(nested) == [[[0.1, 0.2, 0.3, 0.4]], [[0.5, 0.5, 0.6, 0.7], [0.1, 0.1, 0.2, 0.2]]]
+    ragged = [[[0.1, 0.2, 0.3, 0.4]], [], [[0.5, 0.5, 0.6, 0.7], [0, 0, 0, 0], [0.1, 0.1, 0.2, 0.2]]]
+    assert lpr4m._clean_boxes(ragged) == [[[0.1, 0.2, 0.3, 0.4]], [], [[0.5, 0.5, 0.6, 0.7], [0.1, 0.1, 0.2, 0.2]]]
     for unclean in ([[0.3, 0.2, 0.1, 0.4]], [[0.1, 0.2, 0.1, 0.4]], [[0.1, float("nan"), 0.3, 0.4]],
-                    [[[0.1, 0.2, 0.3, 0.4]], []], [["0.1", 0.2, 0.3, 0.4]]):
+                    [[0.1, 0.2, 0.3]], [[[0.1, 0.2, 0.3, 0.4], 5]], [["0.1", 0.2, 0.3, 0.4]], [None], [[]]):
         assert lpr4m._clean_boxes(unclean) is None
 
 

@@ -79,28 +79,43 @@ def _is_box(value) -> bool:
 
 
 def _clean_boxes(value: list) -> list[list[list[float]]] | None:
-    """The per-frame boxes of a regular, clean box list in one vectorised pass, or None.
+    """The per-frame boxes of a clean box list in one vectorised pass, or None.
 
-    Regular: one flat box per frame, or the same number of boxes in every frame. Clean: numbers
-    only, all finite, no swapped corners, no zero-area box other than [0,0,0,0]. Anything else
-    returns None and takes parse_boxes' per-box path, which names the problem; so both paths
-    accept and return the same (LPR4M's test split has 426k annotated frames).
+    Clean: every entry a flat box or a list of boxes (any number per frame), numbers only, all
+    finite, no swapped corners, no zero-area box other than [0,0,0,0]. Anything else returns
+    None and takes parse_boxes' per-box path, which names the problem; so both paths accept and
+    return the same (LPR4M's test split has 426k annotated frames).
     """
+    flat, counts = [], []
+    for entry in value:
+        if not isinstance(entry, (list, tuple)):
+            return None
+        if entry and not isinstance(entry[0], (list, tuple)):     # one flat box
+            flat.append(entry)
+            counts.append(1)
+        else:
+            flat.extend(entry)
+            counts.append(len(entry))
+    if not flat:
+        return None
     try:
-        arr = np.asarray(value)
-    except ValueError:                                    # ragged
+        arr = np.asarray(flat)
+    except ValueError:                                             # ragged coordinates
         return None
-    if arr.dtype.kind not in "iuf" or arr.ndim not in (2, 3) or arr.shape[-1] != 4 or arr.size == 0:
+    if arr.dtype.kind not in "iuf" or arr.shape != (len(flat), 4):
         return None
-    boxes = arr.astype(np.float64).reshape(len(arr), -1, 4)                  # (frames, k, 4)
+    boxes = arr.astype(np.float64)
     if not np.isfinite(boxes).all():
         return None
-    real = boxes.any(axis=2)                                                 # not [0,0,0,0]
-    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-    if ((w <= 0) | (h <= 0))[real].any():
+    real = boxes.any(axis=1)                                       # not [0,0,0,0]
+    if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))[real].any():
         return None
-    rows = boxes.tolist()
-    return [[b for b, keep in zip(frame, mask) if keep] for frame, mask in zip(rows, real.tolist())]
+    rows, keep = boxes.tolist(), real.tolist()
+    frames, start = [], 0
+    for n in counts:
+        frames.append([rows[j] for j in range(start, start + n) if keep[j]])
+        start += n
+    return frames
 
 
 def parse_boxes(text: str | list, n_frames: int, notes: list[str] | None = None
