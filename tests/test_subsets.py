@@ -85,3 +85,35 @@ def test_bin_value_direct():
     assert [bin_value("count", x) for x in (0, 3, 3.0001, 7, 7.5)] == ["few", "few", "medium", "medium", "abundant"]
     with pytest.raises(ValueError):
         bin_value("scale", float("nan"))
+
+
+def test_many_clips_at_once_match_each_clip_alone():
+    """statistics_of_clips / labels_of_clips over several clips (LPR4M's 20k test clips go in
+    one pass) give each clip what it gets alone: no box or frame leaks into a neighbour."""
+    import random
+    from sgmn.data.subsets import labels_of_clips, statistics_of_clips
+    hand = [[box(0.5, 0.2), box(0.5, 0.6)], [], [box(0.5, 0.8)]]        # scale 0.2, duration 2/3, count 1
+    rng = random.Random(0)
+    clips = [hand, [[]], [[box(0.9, 0.9)] * 8]]
+    for _ in range(40):
+        clips.append([[box(rng.uniform(0, 0.7), rng.uniform(0, 0.7)) for _ in range(rng.randint(0, 9))]
+                      for _ in range(rng.randint(1, 12))])
+    stats = statistics_of_clips(clips)
+    assert stats["scale"][0] == pytest.approx(0.2) and stats["duration"][0] == pytest.approx(2 / 3)
+    assert (stats["scale"][1], stats["duration"][1], stats["count"][1]) == (0, 0, 0)
+    assert stats["count"][2] == 8 and stats["scale"][2] == pytest.approx(0.81)
+    for i, clip in enumerate(clips):
+        assert {k: v[i] for k, v in stats.items()} == pytest.approx(clip_statistics(clip))
+    assert labels_of_clips(clips) == [subset_labels(c) for c in clips]
+    assert labels_of_clips(clips)[2] == {"scale": "large", "duration": "long", "count": "abundant"}
+
+
+def test_many_clips_name_the_bad_one():
+    from sgmn.data.subsets import statistics_of_clips
+    good = [[box(0.5, 0.5)]]
+    with pytest.raises(ValueError, match="clip 1: box coordinates outside"):
+        statistics_of_clips([good, [[[10, 20, 100, 200]]], good])
+    with pytest.raises(ValueError, match="clip 2: clip has zero"):
+        statistics_of_clips([good, good, []])
+    with pytest.raises(ValueError, match="clip 1: box coordinates must be finite"):
+        statistics_of_clips([good, [[[0.1, float("nan"), 0.2, 0.3]]]])

@@ -34,43 +34,53 @@ _BIN_TOL = 1e-9
 _COORD_TOL = 1e-6
 
 
-def _flatten_boxes(frame_boxes: Sequence[Sequence[Sequence[float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Return (boxes (N, 4) float array, frame index (N,) int array) for every box of every frame."""
+def _flatten_boxes(clips: Sequence[Sequence[Sequence[Sequence[float]]]]):
+    """Every box of every frame of every clip: boxes (N, 4), the frame of each box (N,) and the
+    clip of each frame (F,), frames numbered across clips. A problem raises ValueError naming
+    the frame (and the clip, when there are several)."""
     coords: list[Sequence[float]] = []
     frame_of_box: list[int] = []
-    for f, boxes in enumerate(frame_boxes):
-        if boxes is None:
-            raise ValueError(f"frame {f}: box list is None (use [] for a frame with no box)")
-        for b in boxes:
-            if isinstance(b, (int, float)):
-                raise ValueError(
-                    f"frame {f}: expected a list of boxes [[x1,y1,x2,y2], ...], got a flat list "
-                    f"{list(boxes)!r}; wrap single boxes in a list"
-                )
-            if len(b) != 4:
-                raise ValueError(f"frame {f}: box {list(b)!r} does not have 4 coordinates")
-            coords.append(b)
-            frame_of_box.append(f)
-    arr = np.asarray(coords, dtype=float).reshape(-1, 4)
-    return arr, np.asarray(frame_of_box, dtype=np.int64)
+    clip_of_frame: list[int] = []
+    for c, frame_boxes in enumerate(clips):
+        where = f"clip {c}: " if len(clips) > 1 else ""
+        if len(frame_boxes) == 0:
+            raise ValueError(f"{where}clip has zero annotated frames; subset statistics are undefined")
+        for f, boxes in enumerate(frame_boxes):
+            if boxes is None:
+                raise ValueError(f"{where}frame {f}: box list is None (use [] for a frame with no box)")
+            frame = len(clip_of_frame)
+            clip_of_frame.append(c)
+            for b in boxes:
+                if isinstance(b, (int, float)):
+                    raise ValueError(
+                        f"{where}frame {f}: expected a list of boxes [[x1,y1,x2,y2], ...], got a flat "
+                        f"list {list(boxes)!r}; wrap single boxes in a list"
+                    )
+                if len(b) != 4:
+                    raise ValueError(f"{where}frame {f}: box {list(b)!r} does not have 4 coordinates")
+                coords.append(b)
+                frame_of_box.append(frame)
+    return (np.asarray(coords, dtype=float).reshape(-1, 4), np.asarray(frame_of_box, dtype=np.int64),
+            np.asarray(clip_of_frame, dtype=np.int64))
 
 
-def clip_statistics(frame_boxes: Sequence[Sequence[Sequence[float]]]) -> dict[str, float]:
-    """Scale / duration / count statistics of one clip from its per-frame normalised boxes.
+def statistics_of_clips(clips: Sequence[Sequence[Sequence[Sequence[float]]]]) -> dict[str, np.ndarray]:
+    """clip_statistics of many clips at once: {"scale", "duration", "count"} -> (clips,) arrays.
 
-    ``frame_boxes[f]`` is the list of boxes of frame ``f`` (``[]`` when no product is visible).
-    Returns ``{"scale", "duration", "count"}`` as Python floats (see module docstring).
-    A clip with zero frames raises ``ValueError``: its statistics are undefined, not zero.
+    One pass of array operations over all boxes (LPR4M's test split: 20,079 clips, 426,751
+    annotated frames), instead of one small set of array operations per clip.
     """
-    n_frames = len(frame_boxes)
-    if n_frames == 0:
-        raise ValueError("clip has zero annotated frames; subset statistics are undefined")
-    boxes, frame_idx = _flatten_boxes(frame_boxes)
-    if not np.all(np.isfinite(boxes)):
-        raise ValueError("box coordinates must be finite")
-    if np.any((boxes < -_COORD_TOL) | (boxes > 1 + _COORD_TOL)):
+    boxes, frame_idx, clip_of_frame = _flatten_boxes(clips)
+    n_clips, n_frames = len(clips), len(clip_of_frame)
+    where = lambda bad: (f"clip {int(clip_of_frame[frame_idx[bad.argmax()]])}: "  # noqa: E731
+                         if n_clips > 1 else "")
+    bad = ~np.isfinite(boxes).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{where(bad)}box coordinates must be finite")
+    bad = ((boxes < -_COORD_TOL) | (boxes > 1 + _COORD_TOL)).any(axis=1)
+    if bad.any():
         raise ValueError(
-            "box coordinates outside [0, 1]: boxes must be normalised [x1,y1,x2,y2] "
+            f"{where(bad)}box coordinates outside [0, 1]: boxes must be normalised [x1,y1,x2,y2] "
             "(pixel boxes must be divided by the frame size first)"
         )
     boxes = np.clip(boxes, 0.0, 1.0)
@@ -85,12 +95,20 @@ def clip_statistics(frame_boxes: Sequence[Sequence[Sequence[float]]]) -> dict[st
     area_sum = np.bincount(fidx, weights=area, minlength=n_frames)
     # mean box area of a frame; a frame with no box contributes 0 to the clip mean
     frame_area = np.divide(area_sum, n_boxes, out=np.zeros(n_frames), where=n_boxes > 0)
+    frames_of_clip = np.bincount(clip_of_frame, minlength=n_clips)
+    per_clip = lambda x: np.bincount(clip_of_frame, weights=x, minlength=n_clips) / frames_of_clip  # noqa: E731
+    return {"scale": per_clip(frame_area), "duration": per_clip((n_boxes > 0).astype(float)),
+            "count": per_clip(n_boxes.astype(float))}
 
-    return {
-        "scale": float(frame_area.mean()),
-        "duration": float(np.count_nonzero(n_boxes) / n_frames),
-        "count": float(n_boxes.sum() / n_frames),
-    }
+
+def clip_statistics(frame_boxes: Sequence[Sequence[Sequence[float]]]) -> dict[str, float]:
+    """Scale / duration / count statistics of one clip from its per-frame normalised boxes.
+
+    ``frame_boxes[f]`` is the list of boxes of frame ``f`` (``[]`` when no product is visible).
+    Returns ``{"scale", "duration", "count"}`` as Python floats (see module docstring).
+    A clip with zero frames raises ``ValueError``: its statistics are undefined, not zero.
+    """
+    return {name: float(v[0]) for name, v in statistics_of_clips([frame_boxes]).items()}
 
 
 def bin_value(name: str, value: float) -> str:
@@ -107,5 +125,11 @@ def bin_value(name: str, value: float) -> str:
 
 def subset_labels(frame_boxes: Sequence[Sequence[Sequence[float]]]) -> dict[str, str]:
     """Subset labels of one clip, e.g. ``{"scale": "small", "duration": "long", "count": "few"}``."""
-    stats = clip_statistics(frame_boxes)
-    return {name: bin_value(name, stats[name]) for name in THRESHOLDS}
+    return labels_of_clips([frame_boxes])[0]
+
+
+def labels_of_clips(clips: Sequence[Sequence[Sequence[Sequence[float]]]]) -> list[dict[str, str]]:
+    """subset_labels of many clips, from one statistics_of_clips pass."""
+    stats = statistics_of_clips(clips)
+    columns = {name: [bin_value(name, v) for v in stats[name].tolist()] for name in THRESHOLDS}
+    return [dict(zip(columns, labels)) for labels in zip(*columns.values())]

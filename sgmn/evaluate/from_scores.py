@@ -12,7 +12,7 @@ from PIL import Image
 from sgmn.data.gallery_unit import DEFAULT_UNIT, apply_gallery_unit
 from sgmn.data.lpr4m import normalise_boxes
 from sgmn.data.records import AnnotationError, TestSet
-from sgmn.data.subsets import subset_labels
+from sgmn.data.subsets import labels_of_clips
 from sgmn.evaluate.metrics import Query, evaluate_scores
 
 
@@ -26,27 +26,33 @@ def _shared_tuple(ids: list[str], shared: dict) -> tuple[str, ...]:
     return hit[1]
 
 
+def _normalised_boxes(clip):
+    """A test clip's boxes, normalised (pixel boxes divided by its first frame's size), or None
+    when it has none or its first frame cannot be read (then the query is unreadable anyway)."""
+    boxes = clip.frame_boxes
+    if not boxes or not (clip.extra.get("pixel_boxes") and clip.frame_paths):
+        return boxes or None
+    try:
+        with Image.open(clip.frame_paths[0]) as im:
+            size = im.size
+    except OSError:
+        return None
+    try:
+        return normalise_boxes(boxes, *size)
+    except ValueError as err:
+        raise AnnotationError(clip.extra.get("box_source", clip.source), None,
+                              f"boxes of {clip.video_id}: {err}") from None
+
+
 def build_queries(test: TestSet) -> list[Query]:
     """Metric queries (gallery, ground truth, subsets, category) from a loaded test split."""
+    boxes = [_normalised_boxes(clip) for clip in test.queries]
+    labelled = [i for i, b in enumerate(boxes) if b]
+    subsets = dict(zip(labelled, labels_of_clips([boxes[i] for i in labelled]) if labelled else []))
     queries, shared = [], {}
-    for clip in test.queries:
-        subsets = None
-        if clip.frame_boxes:
-            boxes = clip.frame_boxes
-            if clip.extra.get("pixel_boxes") and clip.frame_paths:
-                try:
-                    with Image.open(clip.frame_paths[0]) as im:
-                        size = im.size
-                except OSError:
-                    size = None  # frame unreadable: the query is reported as unreadable anyway
-                try:
-                    boxes = normalise_boxes(boxes, *size) if size else None
-                except ValueError as err:
-                    raise AnnotationError(clip.extra.get("box_source", clip.source), None,
-                                          f"boxes of {clip.video_id}: {err}") from None
-            subsets = subset_labels(boxes) if boxes else None
+    for i, clip in enumerate(test.queries):
         queries.append(Query(video_id=clip.video_id, gallery=_shared_tuple(test.gallery_of(clip), shared),
-                             gt=tuple(test.gt.get(clip.video_id, ())), subsets=subsets,
+                             gt=tuple(test.gt.get(clip.video_id, ())), subsets=subsets.get(i),
                              category=test.categories.get(clip.video_id) or clip.category_name))
     return queries
 
