@@ -55,7 +55,7 @@ never depends on the other pairs; it runs in chunks of the gallery (and queries)
 memory. Optimiser: the trainer's (the port: SGD lr 1e-3).
 
 Compute matched to SGMN (tiny CLIP ViT, width 128): CNN width 128, d = 128 (~1.9M parameters
-in all), 64-px crops and images, the trainer's steps and batch (150 x 32 clips x 8 frames in
+in all), 64-px crops and images, the trainer's steps and batch (100 x 32 clips x 8 frames in
 the default run). The fusion tree has 2^k leaves: an L = model.num_frames that is not a power of two (the paper's
 10) gets masked leaves up to the next one, ignored like padded frames.
 

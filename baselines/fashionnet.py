@@ -45,7 +45,7 @@ What differs at small scale:
   task weights do not scale with the batch.
 
 Compute matched to SGMN (tiny CLIP ViT, width 128, ~0.9M params): width 128 (~1.6M params),
-64-px frames and images, the trainer's steps, batch and optimiser (150 steps x 32 clips x 8
+64-px frames and images, the trainer's steps, batch and optimiser (100 steps x 32 clips x 8
 frames in the default run). Frames are cropped by nothing (FashionNet has no detector); padded
 frames are never encoded (index_select of the real frames, as SGMN.encode_frames).
 

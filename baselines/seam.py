@@ -44,7 +44,7 @@ What differs at small scale:
   the 1x1 expansion keep the random-init head trainable within the run's steps and its compute);
 - training phases: the first `seam.aggregation_start` (default 0.2) of train.steps is the
   Match R-CNN stage folded into the run (the official "(b) off in epoch 0" is a small share of
-  its schedule; here one epoch of LPR-Synth's 4000 clips is 125 of the 150 steps, so the
+  its schedule; here one epoch of LPR-Synth's 4000 clips is 125 steps, more than the default run's 100, so the
   boundary is a fraction of the steps): the head is trained on frame-box <-> shop pairs with the box labels
   (`match_loss`: each frame's target box is a match for its product's shop images in the batch,
   a non-match for the others; the same classifier and class weights), together with (a); after

@@ -40,7 +40,7 @@ triplet's embeddings).
 What differs at small scale: random init (Swin-B is inflated from ImageNet-21k Swin; no weights
 can be downloaded, and the pipeline's CLIP passed to from_config is ignored), 8 frames at 64 px,
 C=20 (Swin-B 128), depths 2/2/2/2 (2/2/18/2), heads 1/2/4/8 (4/8/16/32; head width 20 against
-32), window 2x4x4 (8x7x7), no stochastic depth (Swin-B 0.3; 150 steps are too few for it), no
+32), window 2x4x4 (8x7x7), no stochastic depth (Swin-B 0.3; 100 steps are too few for it), no
 text. About 0.9M parameters against 88M.
 
 Compute (equal to SGMN's): the trainer applies SGMN's steps, batch and optimiser; C=20 (stages
