@@ -72,8 +72,11 @@ def statistics_of_clips(clips: Sequence[Sequence[Sequence[Sequence[float]]]]) ->
     """
     boxes, frame_idx, clip_of_frame = _flatten_boxes(clips)
     n_clips, n_frames = len(clips), len(clip_of_frame)
-    where = lambda bad: (f"clip {int(clip_of_frame[frame_idx[bad.argmax()]])}: "  # noqa: E731
-                         if n_clips > 1 else "")
+
+    def where(bad: np.ndarray) -> str:
+        """The clip of the first bad box, for the message (none with one clip)."""
+        return f"clip {int(clip_of_frame[frame_idx[bad.argmax()]])}: " if n_clips > 1 else ""
+
     bad = ~np.isfinite(boxes).all(axis=1)
     if bad.any():
         raise ValueError(f"{where(bad)}box coordinates must be finite")
@@ -96,9 +99,12 @@ def statistics_of_clips(clips: Sequence[Sequence[Sequence[Sequence[float]]]]) ->
     # mean box area of a frame; a frame with no box contributes 0 to the clip mean
     frame_area = np.divide(area_sum, n_boxes, out=np.zeros(n_frames), where=n_boxes > 0)
     frames_of_clip = np.bincount(clip_of_frame, minlength=n_clips)
-    per_clip = lambda x: np.bincount(clip_of_frame, weights=x, minlength=n_clips) / frames_of_clip  # noqa: E731
-    return {"scale": per_clip(frame_area), "duration": per_clip((n_boxes > 0).astype(float)),
-            "count": per_clip(n_boxes.astype(float))}
+
+    def clip_mean(per_frame: np.ndarray) -> np.ndarray:
+        return np.bincount(clip_of_frame, weights=per_frame, minlength=n_clips) / frames_of_clip
+
+    return {"scale": clip_mean(frame_area), "duration": clip_mean((n_boxes > 0).astype(float)),
+            "count": clip_mean(n_boxes.astype(float))}
 
 
 def clip_statistics(frame_boxes: Sequence[Sequence[Sequence[float]]]) -> dict[str, float]:
