@@ -43,8 +43,9 @@ def normalise(rgb: np.ndarray) -> torch.Tensor:
     """(..., S, S, 3) uint8 -> CLIP-normalised (..., 3, S, S) float, in one vectorised op."""
     # PIL's arrays are read-only: np.require copies those (torch wants writable memory)
     x = torch.from_numpy(np.require(rgb, np.uint8, ["C", "W"])).movedim(-1, -3)
-    # the channel-first float copy in one pass, then in place: 3.7x faster than
-    # .float().div_() and two out-of-place ops (frames are 16% of a tiny training step)
+    # the channel-first float copy in one pass, then in place: 3.4-3.7x faster than
+    # .float().div_() and two out-of-place ops (scripts/bench_data.py; reading frames is 16% of a
+    # tiny training step)
     out = torch.empty(x.shape, dtype=torch.float32).copy_(x)
     return out.mul_(_SCALE).add_(_SHIFT)
 
