@@ -1,6 +1,7 @@
 """What a finished DAG run cost, per rule, from Snakemake's `benchmarks/**/*.tsv` (not a test).
 
     python scripts/dag_cost.py [--benchmarks benchmarks] [--log dag.log] [--json out.json]
+    python scripts/dag_cost.py --peak    # the machine's fp32 matmul peak now; run before and after a DAG
 
 Per rule: jobs, the sum of their wall seconds (`s`) and CPU seconds (`cpu_time`: user + system
 of the job's processes, sampled by Snakemake), and the median job. With `--log` (the output of
@@ -52,12 +53,28 @@ def summary(costs: dict[str, list[tuple[float, float]]], wall: float | None) -> 
             "wall_clock_min": None if wall is None else round(wall / 60, 1)}
 
 
+def machine_peak() -> dict[str, float]:
+    """fp32 GFLOP/s of a 2048^3 matmul on 1 and 2 threads (sgmn.bench.matmul_peak): this
+    machine's speed varies by up to 2x within an hour, so a DAG's wall clock is read beside it."""
+    import torch
+    from sgmn.bench import matmul_peak
+    peaks = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        peaks[f"fp32_gflops_{threads}_thread"] = matmul_peak("fp32", torch.device("cpu"))
+    return peaks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peak", action="store_true", help="only print the machine's fp32 matmul peak now (JSON)")
     ap.add_argument("--benchmarks", type=Path, default=Path("benchmarks"))
     ap.add_argument("--log", type=Path, help="the output of `snakemake --cores N` for the run's wall clock")
     ap.add_argument("--json", type=Path, help="also write the summary here")
     args = ap.parse_args()
+    if args.peak:
+        print(json.dumps(machine_peak()))
+        return
     result = summary(job_costs(args.benchmarks), wall_clock(args.log) if args.log else None)
     print(f"{'rule':24s} {'jobs':>5s} {'wall min':>9s} {'CPU min':>8s} {'median job s':>13s}")
     for rule, r in result["rules"].items():

@@ -92,6 +92,8 @@ def _set_threads(n: int) -> None:
 
 def cmd_train(args) -> None:
     """Also under `torchrun --standalone --nproc_per_node N -m sgmn.cli train ...` (data parallel)."""
+    if (args.scores_out or args.per_query_out) and not args.metrics_out:
+        raise SystemExit("train: --scores-out and --per-query-out come with --metrics-out (evaluate after training)")
     from sgmn.train import distributed
     from sgmn.train.retrieval import train_run
     rank, world_size, _ = distributed.init_from_env()  # (0, 1, 0) without torchrun
@@ -109,6 +111,12 @@ def cmd_train(args) -> None:
     finally:
         distributed.shutdown()
     log.info("wrote %s", final)
+    if args.metrics_out and rank == 0:
+        # the `sgmn evaluate` of final.pt, in this process: the DAG saves an interpreter start,
+        # the imports and a job per run (README, "The DAG's cost"); the same code, the same numbers
+        evaluate_checkpoint(final, Path(args.data), args.metrics_out, scores_out=args.scores_out,
+                            per_query_out=args.per_query_out, text_features=args.text_features,
+                            frame_store=args.frame_store, threads=args.threads)
 
 
 def detect_format(root: Path) -> str:
@@ -120,51 +128,68 @@ def detect_format(root: Path) -> str:
                      f"MovingFashion root (test.json); pass --format")
 
 
-def cmd_evaluate(args) -> None:
-    from sgmn.io import provenance, write_json, write_table
-    data = Path(args.data)
-    if (args.scores is None) == (args.checkpoint is None):
-        raise SystemExit("evaluate needs exactly one of --checkpoint (score a model) or --scores (recompute)")
-    if args.scores:  # no model: torch-free, ids joined as integer codes
-        from sgmn.data.splits import read_split
-        from sgmn.evaluate.from_scores import metrics_from_scores
-        from sgmn.evaluate.scores import read_scores
-        fmt = args.format or detect_format(data)
-        test = read_split(data, fmt, "test")
-        scores, report = read_scores(args.scores, categorical=True)
-        metrics, per_query = metrics_from_scores(test, scores, gallery=args.gallery or "all_images")
-        metrics["score_table"] = {"path": str(args.scores), **report}
-        metrics["provenance"] = provenance(None, None)
-        metrics["provenance"]["scores"] = str(args.scores)
-    else:
-        from sgmn.evaluate.run import evaluate_model
-        from sgmn.models.factory import load_model
-        model, state = load_model(args.checkpoint)
-        config = state["config"]
-        # the data's own layout, not the one the model was trained on (Table 2's zero-shot row
-        # scores an LPR-Synth checkpoint on MF-Synth)
-        config["dataset"]["format"] = args.format or detect_format(data)
-        if args.gallery:  # else the run config's evaluate.gallery (all_images when it predates the key)
-            config.setdefault("evaluate", {})["gallery"] = args.gallery
-        _set_threads(args.threads)
-        text_store = None
-        if args.text_features:
-            from sgmn.text.features import TextFeatures
-            text_store = TextFeatures.load(args.text_features)
-        scores, metrics, per_query = evaluate_model(model, config, data, text_store, args.frame_store)
-        metrics["provenance"] = provenance(config, state.get("seed"))
-        metrics["provenance"]["checkpoint"] = str(args.checkpoint)
-        metrics["provenance"]["trained_with"] = state.get("provenance", {}).get("git")
-        if args.scores_out:
-            write_table(scores, args.scores_out)
-    if args.per_query_out:
-        write_table(per_query, args.per_query_out)
-    write_json(metrics, args.out)
+def evaluate_checkpoint(checkpoint, data: Path, out, *, fmt: str | None = None, gallery: str | None = None,
+                        scores_out=None, per_query_out=None, text_features=None, frame_store=None,
+                        threads: int = 0) -> None:
+    """Score a run's final.pt on data's test split; write the metrics JSON, and the score and
+    per-query tables when asked (`sgmn evaluate --checkpoint`, and `sgmn train --metrics-out`)."""
+    from sgmn.evaluate.run import evaluate_model
+    from sgmn.io import provenance, write_table
+    from sgmn.models.factory import load_model
+    model, state = load_model(checkpoint)
+    config = state["config"]
+    # the data's own layout, not the one the model was trained on (Table 2's zero-shot row
+    # scores an LPR-Synth checkpoint on MF-Synth)
+    config["dataset"]["format"] = fmt or detect_format(data)
+    if gallery:  # else the run config's evaluate.gallery (all_images when it predates the key)
+        config.setdefault("evaluate", {})["gallery"] = gallery
+    _set_threads(threads)
+    text_store = None
+    if text_features:
+        from sgmn.text.features import TextFeatures
+        text_store = TextFeatures.load(text_features)
+    scores, metrics, per_query = evaluate_model(model, config, data, text_store, frame_store)
+    metrics["provenance"] = provenance(config, state.get("seed"))
+    metrics["provenance"]["checkpoint"] = str(checkpoint)
+    metrics["provenance"]["trained_with"] = state.get("provenance", {}).get("git")
+    if scores_out:
+        write_table(scores, scores_out)
+    _write_metrics(metrics, per_query, out, per_query_out)
+
+
+def _write_metrics(metrics: dict, per_query, out, per_query_out=None) -> None:
+    from sgmn.io import write_json, write_table
+    if per_query_out:
+        write_table(per_query, per_query_out)
+    write_json(metrics, out)
     o = metrics["overall"]
     log.info("R@1 %.2f  R@5 %.2f  R@10 %.2f  R@mean %.2f  (n=%d, misses=%d, chance R@1 %.2f; "
              "gallery %s, %.1f images per query)", o["R@1"], o["R@5"], o["R@10"], o["R@mean"], o["n"],
              metrics["n_misses"], metrics["chance"]["R@1"], metrics["gallery_unit"],
              metrics["mean_gallery_size"] or 0.0)
+
+
+def cmd_evaluate(args) -> None:
+    data = Path(args.data)
+    if (args.scores is None) == (args.checkpoint is None):
+        raise SystemExit("evaluate needs exactly one of --checkpoint (score a model) or --scores (recompute)")
+    if args.checkpoint:
+        evaluate_checkpoint(args.checkpoint, data, args.out, fmt=args.format, gallery=args.gallery,
+                            scores_out=args.scores_out, per_query_out=args.per_query_out,
+                            text_features=args.text_features, frame_store=args.frame_store, threads=args.threads)
+        return
+    # no model: torch-free, ids joined as integer codes
+    from sgmn.data.splits import read_split
+    from sgmn.evaluate.from_scores import metrics_from_scores
+    from sgmn.evaluate.scores import read_scores
+    from sgmn.io import provenance
+    test = read_split(data, args.format or detect_format(data), "test")
+    scores, report = read_scores(args.scores, categorical=True)
+    metrics, per_query = metrics_from_scores(test, scores, gallery=args.gallery or "all_images")
+    metrics["score_table"] = {"path": str(args.scores), **report}
+    metrics["provenance"] = provenance(None, None)
+    metrics["provenance"]["scores"] = str(args.scores)
+    _write_metrics(metrics, per_query, args.out, args.per_query_out)
 
 
 def cmd_gallery_stats(args) -> None:
@@ -475,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frame-store", help=FRAME_STORE_HELP)
     s.add_argument("--init-checkpoint", help="another run's final.pt to start from (fine-tuning; same architecture)")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    s.add_argument("--metrics-out", help="then evaluate final.pt in this process, as `sgmn evaluate --checkpoint` "
+                                         "would, and write its metrics JSON here")
+    s.add_argument("--scores-out", help="with --metrics-out: the score table (Parquet or CSV)")
+    s.add_argument("--per-query-out", help="with --metrics-out: per-query ranks and hits")
     s.set_defaults(func=cmd_train)
 
     from sgmn.data.gallery_unit import GALLERY_UNITS  # light: the data layer's id rules only

@@ -61,8 +61,10 @@ def test_smoke_dag_end_to_end(tmp_path):
     assert set(metrics["subsets"]) == {"scale", "duration", "count"}
     assert metrics["provenance"]["git"]["commit"] and metrics["provenance"]["versions"]["torch"]
     assert metrics["provenance"]["config"]["variant"] == "gra_only" and metrics["provenance"]["seed"] == 0
-    for rule in ("synth", "resolve_config", "pretrain_clip", "text_features", "train", "evaluate",
-                 "summarize", "tables"):
+    # a trained run is evaluated inside its training job (`train --metrics-out`): no evaluate job
+    assert not (tmp_path / "logs" / "evaluate").exists()
+    assert "R@1" in (tmp_path / "logs" / "train" / "lpr_synth_smoke" / "gra_only" / "seed0.log").read_text()
+    for rule in ("synth", "resolve_config", "pretrain_clip", "text_features", "train", "summarize", "tables"):
         assert list((tmp_path / "logs" / rule).rglob("*.log")), rule
         assert list((tmp_path / "benchmarks" / rule).rglob("*.tsv")), rule
 
@@ -84,10 +86,10 @@ def test_smoke_dag_end_to_end(tmp_path):
     plan = _snakemake(tmp_path, "-n", "--config", f"variants_file={changed}")
     ran = _planned_jobs(plan.stdout)
     # the figures drawn from the tables and from every run follow; Figs. 5, 6 and 7b (other variants) do not
-    assert {rule for rule, _ in ran} == {"resolve_config", "train", "evaluate", "summarize", "tables", "diff", "all",
+    assert {rule for rule, _ in ran} == {"resolve_config", "train", "summarize", "tables", "diff", "all",
                                          "figure_table4", "figure_table5", "figure_table6", "figure_training",
                                          "report_pages"}, ran
-    assert all("variant=clip_zeroshot" in wc for rule, wc in ran if rule in ("resolve_config", "train", "evaluate")), ran
+    assert all("variant=clip_zeroshot" in wc for rule, wc in ran if rule in ("resolve_config", "train")), ran
 
 
 def _planned_jobs(plan: str) -> set[tuple[str, str]]:
@@ -126,6 +128,8 @@ def test_table2_dag_on_mf_synth(tmp_path):
     # zero-shot: the main run's very checkpoint; fine-tuned: trained there from it
     source = main_runs / "sgmn_wo_te" / "seed0" / "final.pt"
     assert (mf / "runs" / "sgmn_wo_finetune" / "seed0" / "final.pt").read_bytes() == source.read_bytes()
+    # rule evaluate scores only that untrained copy; every trained run is evaluated in its job
+    assert [p.parent.name for p in (tmp_path / "logs" / "evaluate").rglob("*.log")] == ["sgmn_wo_finetune"]
     params = json.loads((mf / "runs" / "sgmn" / "seed0" / "params.json").read_text())
     assert params["init_checkpoint"].endswith("lpr_synth_smoke/runs/sgmn_wo_te/seed0/final.pt")
     assert params["config"]["sgmn"]["te"] is False and params["config"]["dataset"]["format"] == "movingfashion"

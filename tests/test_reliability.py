@@ -93,3 +93,36 @@ def test_same_seed_twice_gives_identical_metrics(run_config, smoke_data, tmp_pat
     assert _same_results(first, second)
     for key, value in _weights(tmp_path / "a").items():
         assert torch.equal(value, _weights(tmp_path / "b")[key]), key
+
+
+@pytest.mark.slow
+def test_train_metrics_out_equals_a_separate_evaluate(run_config, smoke_data, tmp_path):
+    """The DAG evaluates inside the training process (`train --metrics-out`): the same metrics,
+    score table and per-query hits as `sgmn evaluate` of the same final.pt in a new process."""
+    import pandas as pd
+    config = json.loads(run_config.read_text())
+    config["train"]["steps"] = 5
+    short = tmp_path / "short.json"
+    write_json(config, short)
+    out = tmp_path / "run"
+    subprocess.run(_train_cmd(short, smoke_data, out) + [
+        "--metrics-out", str(out / "in_process.json"), "--scores-out", str(out / "in_process_scores.parquet"),
+        "--per-query-out", str(out / "in_process_pq.parquet")], check=True, capture_output=True)
+    subprocess.run(SGMN + ["evaluate", "--data", str(smoke_data), "--checkpoint", str(out / "final.pt"),
+                           "--out", str(out / "separate.json"), "--scores-out", str(out / "separate_scores.parquet"),
+                           "--per-query-out", str(out / "separate_pq.parquet"), "--threads", "1"],
+                   check=True, capture_output=True)
+    in_process, separate = (json.loads((out / f"{n}.json").read_text()) for n in ("in_process", "separate"))
+    assert in_process["overall"]["n"] > 0
+    assert {k: v for k, v in in_process.items() if k != "provenance"} == \
+        {k: v for k, v in separate.items() if k != "provenance"}
+    for name in ("scores", "pq"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"in_process_{name}.parquet"),
+                                      pd.read_parquet(out / f"separate_{name}.parquet"))
+
+
+def test_train_scores_out_needs_metrics_out(tmp_path):
+    from sgmn.cli import main
+    with pytest.raises(SystemExit, match="--metrics-out"):
+        main(["train", "--config", "c.json", "--seed", "0", "--data", "d", "--out", str(tmp_path),
+              "--scores-out", str(tmp_path / "s.parquet")])

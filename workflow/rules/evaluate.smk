@@ -1,7 +1,11 @@
 import os
 
 
+# A checkpoint that no training job of this DAG evaluates: Table 2's zero-shot row (a copy of a
+# main-dataset run). Trained runs are evaluated inside rule train.
 rule evaluate:
+    wildcard_constraints:
+        variant=config["table2"]["zero_shot"]["variant"],
     input:
         checkpoint="results/{ds}/runs/{variant}/seed{seed}/final.pt",
         data=get_data_dir,

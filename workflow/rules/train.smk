@@ -28,8 +28,15 @@ rule train:
         init=get_init_input,
         index=get_index_input,
     output:
-        # ckpt/latest.pt stays undeclared: Snakemake must not delete it when a job fails
-        "results/{ds}/runs/{variant}/seed{seed}/final.pt",
+        # ckpt/latest.pt stays undeclared: Snakemake must not delete it when a job fails (a rerun
+        # after a failed evaluation resumes at the last step and only evaluates)
+        checkpoint="results/{ds}/runs/{variant}/seed{seed}/final.pt",
+        # the evaluation of final.pt, in the training process (`sgmn train --metrics-out`): it
+        # saves a process start, the imports and a job per run; rule evaluate scores what is not
+        # trained here (Table 2's zero-shot row)
+        metrics="results/{ds}/runs/{variant}/seed{seed}/metrics.json",
+        scores="results/{ds}/runs/{variant}/seed{seed}/scores.parquet",
+        per_query="results/{ds}/runs/{variant}/seed{seed}/per_query.parquet",
     params:
         clip=get_clip_weights_arg,
         launcher=get_train_launcher,
@@ -49,13 +56,15 @@ rule train:
         "../envs/sgmn.yaml"
     shell:
         "{params.launcher} train --config {input.config} --seed {wildcards.seed} --data {input.data}"
-        " --clip-weights {params.clip} --out $(dirname {output}) {params.text} {params.frames} {params.init}"
-        " --threads {threads} > {log} 2>&1"
+        " --clip-weights {params.clip} --out $(dirname {output.checkpoint}) {params.text} {params.frames} {params.init}"
+        " --threads {threads} --metrics-out {output.metrics} --scores-out {output.scores}"
+        " --per-query-out {output.per_query} > {log} 2>&1"
 
 
 # Table 2's "SGMN (w/o Finetune)": the main dataset's run, evaluated on the second dataset as it
-# is. Its checkpoint is copied in place of a training run.
+# is. Its checkpoint is copied in place of a training run, and rule evaluate scores it.
 ruleorder: zero_shot_checkpoint > train
+ruleorder: evaluate > train
 
 
 rule zero_shot_checkpoint:
