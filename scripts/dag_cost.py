@@ -57,6 +57,7 @@ def machine_peak() -> dict[str, float]:
     """fp32 GFLOP/s of a 2048^3 matmul on 1 and 2 threads (sgmn.bench.matmul_peak): this
     machine's speed varies by up to 2x within an hour, so a DAG's wall clock is read beside it."""
     import torch
+
     from sgmn.bench import matmul_peak
     peaks = {}
     for threads in (1, 2):
