@@ -248,7 +248,7 @@ _box = st.one_of(st.lists(_coord, min_size=4, max_size=4), st.just([0, 0, 0, 0])
     st.integers(1, 3).flatmap(lambda k: st.lists(st.lists(_box, min_size=k, max_size=k), min_size=1, max_size=5)),
     st.lists(st.lists(_box, min_size=0, max_size=3), min_size=1, max_size=5)))      # ragged
 def test_vectorised_boxes_agree_with_the_per_box_path(value):
-    """Whatever the list, the one-pass numpy path of parse_boxes returns what the per-box path
+    """Whatever the list, the fast path of parse_boxes (_clean_boxes) returns what the per-box path
     returns (boxes, pixel flag, notes) or raises the same error: it only takes clean lists."""
     n = len(value)
     assert _boxes_or_error(value, n, False) == _boxes_or_error(value, n, True)
@@ -282,3 +282,30 @@ def test_frame_paths_are_built_on_access_and_behave_as_a_list():
     assert paths + [clip.image_path] == expected + [clip.image_path]
     assert pickle.loads(pickle.dumps(paths)) == expected
     assert lpr4m.FramePaths(Path("/r"), ["sub/x.jpg"])[0] == Path("/r/sub/x.jpg")
+
+
+def test_read_split_pauses_the_cycle_collector_only_while_reading(monkeypatch):
+    """Annotations are parsed with gc off (speed: scripts/bench_evaluate.py); it is on again
+    after a read and after a failed one, and stays off for a caller that had turned it off."""
+    import gc
+    from sgmn.data import splits
+    seen = []
+
+    def fake_read_test(root, media):
+        seen.append(gc.isenabled())
+        if root == "bad":
+            raise lpr4m.AnnotationError(root, 1, "bad")
+        return "test set"
+
+    monkeypatch.setattr(lpr4m, "read_test", fake_read_test)
+    assert gc.isenabled()
+    assert splits.read_split("root", "lpr4m", "test") == "test set"
+    with pytest.raises(lpr4m.AnnotationError):
+        splits.read_split("bad", "lpr4m", "test")
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:
+        splits.read_split("root", "lpr4m", "test")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
