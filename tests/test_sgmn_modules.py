@@ -896,10 +896,11 @@ def test_official_model_builds_the_official_modules(visual):
 def test_full_model_under_bf16_autocast_is_finite_and_close_to_fp32(visual, fidelity):
     """train.precision bf16 is torch.autocast: the same code path on CPU as on CUDA (the masks
     with -inf, SDPA, the top-k selections), finite losses and gradients near the fp32 ones."""
+    from sgmn.models.device import autocast
     model = build(visual, fidelity).eval()
     batch = make_batch()
     ref = run(model, batch)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast("bf16", torch.device("cpu")):    # the suite's: SDPA's math kernel on the CPU
         low = run(model, batch)
     assert set(low) == set(ref)
     total = sum(v for k, v in low.items() if k.endswith("_loss"))
@@ -910,3 +911,26 @@ def test_full_model_under_bf16_autocast_is_finite_and_close_to_fp32(visual, fide
         if key.endswith("_loss"):
             assert torch.isfinite(low[key]), key
             assert abs(low[key].float().item() - value.item()) <= 0.1 * abs(value.item()) + 0.05, key
+
+
+def test_patch_embedding_is_the_convolution_and_a_matmul_under_cpu_bf16():
+    """create_clip's patch convolution: bit-identical to Conv2d outside CPU autocast (fp32
+    results unchanged), and under the suite's reusable bf16 context a matmul whose output and
+    weight gradient match the bf16 convolution's."""
+    from sgmn.models.clip import PatchEmbedding, create_clip
+    from sgmn.models.device import autocast
+    conv = create_clip("lpr-tiny-clip").visual.conv1
+    assert isinstance(conv, PatchEmbedding) and "weight" in conv.state_dict()
+    x = torch.randn(2, 3, 70, 66, generator=torch.Generator().manual_seed(0))   # a remainder dropped
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, conv.stride))
+    grads = {}
+    amp = autocast("bf16", torch.device("cpu"))
+    for name, fn in (("matmul", conv), ("conv", lambda t: F.conv2d(t, conv.weight, conv.bias, conv.stride))):
+        with amp:                                   # entered twice: a training loop reuses it
+            y = fn(x)
+        assert y.dtype == torch.bfloat16 and y.shape == (2, conv.out_channels, 4, 4)
+        (y.float() ** 2).sum().backward()
+        grads[name] = (y.float().detach(), conv.weight.grad.clone())
+        conv.weight.grad = None
+    torch.testing.assert_close(grads["matmul"][0], grads["conv"][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grads["matmul"][1], grads["conv"][1], rtol=5e-2, atol=5e-2)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 for _cfg in sorted(CONFIG_DIR.glob("*.json")):
@@ -50,14 +51,46 @@ def weights_metadata(path: str | Path) -> dict[str, str]:
         return {}   # not readable as safetensors: open_clip's load reports it
 
 
+class PatchEmbedding(torch.nn.Conv2d):
+    """A ViT's patch-embedding convolution (stride = kernel, no padding) that runs, under CPU
+    bf16 autocast, as one matmul over the flattened patches: oneDNN's bf16 convolution backward
+    took a sixth of a ViT-B/32 step, the matmul runs on AMX. The same weight and state-dict key;
+    anywhere else (fp32, CUDA) it is the convolution itself, so fp32 results do not change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        (kh, kw), out = self.kernel_size, self.out_channels
+        gh, gw = h // kh, w // kw                   # a stride-k convolution drops the remainder
+        patches = (x[:, :, :gh * kh, :gw * kw].reshape(n, c, gh, kh, gw, kw)
+                   .permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * kh * kw))
+        y = F.linear(patches, self.weight.reshape(out, -1), self.bias)
+        return y.transpose(1, 2).reshape(n, out, gh, gw)
+
+
+def with_patch_embedding(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with its vision tower's patch convolution made a PatchEmbedding (in place)."""
+    conv = getattr(getattr(model, "visual", None), "conv1", None)
+    if (type(conv) is torch.nn.Conv2d and conv.stride == conv.kernel_size and conv.padding == (0, 0)
+            and conv.dilation == (1, 1) and conv.groups == 1):
+        conv.__class__ = PatchEmbedding             # no state of its own: weights, hooks, device kept
+    return model
+
+
 def create_clip(name: str, pretrained: str | None = "none", image_size: int | None = None,
                 cache_dir: str | None = None) -> torch.nn.Module:
     """Build an open_clip CLIP model and load its weights.
 
     pretrained: "none" -> random init; "openai" (or any open_clip tag) -> open_clip's weights
     (downloaded into `cache_dir`, default the Hugging Face cache); anything else is a path to a
-    local .pt / .bin / .safetensors state dict.
+    local .pt / .bin / .safetensors state dict. The vision tower's patch convolution is a
+    PatchEmbedding.
     """
+    return with_patch_embedding(_create_clip(name, pretrained, image_size, cache_dir))
+
+
+def _create_clip(name, pretrained, image_size, cache_dir) -> torch.nn.Module:
     if name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP model '{name}'; known: {', '.join(open_clip.list_models())}")
     if pretrained in (None, "none"):
