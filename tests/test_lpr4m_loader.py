@@ -284,28 +284,32 @@ def test_frame_paths_are_built_on_access_and_behave_as_a_list():
     assert lpr4m.FramePaths(Path("/r"), ["sub/x.jpg"])[0] == Path("/r/sub/x.jpg")
 
 
-def test_read_split_pauses_the_cycle_collector_only_while_reading(monkeypatch):
-    """Annotations are parsed with gc off (speed: scripts/bench_evaluate.py); it is on again
+def test_readers_pause_the_cycle_collector_only_while_reading(monkeypatch):
+    """Annotations are parsed with gc off (speed: scripts/bench_evaluate.py), by the readers
+    themselves, so every caller gets it (read_split, data stats, the shard index); it is on again
     after a read and after a failed one, and stays off for a caller that had turned it off."""
     import gc
-    from sgmn.data import splits
+    from sgmn.data import movingfashion, splits
     seen = []
+    find_one = lpr4m.find_one
 
-    def fake_read_test(root, media):
+    def spying_find_one(root, pattern):
         seen.append(gc.isenabled())
-        if root == "bad":
+        if Path(root).name == "bad":
             raise lpr4m.AnnotationError(root, 1, "bad")
-        return "test set"
+        return find_one(root, pattern)
 
-    monkeypatch.setattr(lpr4m, "read_test", fake_read_test)
+    monkeypatch.setattr(lpr4m, "find_one", spying_find_one)
     assert gc.isenabled()
-    assert splits.read_split("root", "lpr4m", "test") == "test set"
+    assert len(splits.read_split(FIXTURE, "lpr4m", "test").queries) > 0
     with pytest.raises(lpr4m.AnnotationError):
-        splits.read_split("bad", "lpr4m", "test")
-    assert seen == [False, False] and gc.isenabled()
+        lpr4m.read_test(Path("bad"))
+    assert len(seen) > 1 and not any(seen) and gc.isenabled()
     gc.disable()
     try:
-        splits.read_split("root", "lpr4m", "test")
+        lpr4m.read_test(FIXTURE)
         assert not gc.isenabled()
     finally:
         gc.enable()
+    for reader in (lpr4m.read_training, movingfashion.read_training, movingfashion.read_test):
+        assert reader.__wrapped__, reader      # the same decorator on every annotation reader

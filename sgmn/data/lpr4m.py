@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from sgmn.data.jsonfile import cyclic_gc_paused
 from sgmn.data.jsonfile import read_json as _read_json
 from sgmn.data.records import AnnotationError, Clip, TestSet
 
@@ -328,6 +329,7 @@ def attach_synth_targets(root: Path, clips: list[Clip]) -> list[Clip]:
     return clips
 
 
+@cyclic_gc_paused()
 def read_training(root: str | Path, on_bad_line: str = "error",
                   skipped: list[str] | None = None, media=None) -> list[Clip]:
     """All clips of `training_videoinfo_full_*.txt`, in part order then line order.
@@ -440,6 +442,7 @@ def _id_lists(path: Path, obj: dict, what: str, single_ok: bool) -> tuple[dict[s
     return out, stripped
 
 
+@cyclic_gc_paused()
 def read_test(root: str | Path, media=None) -> TestSet:
     """The five test files (and the optional category file) of an LPR4M root; media as in
     read_training."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sgmn.data.jsonfile import read_json
+from sgmn.data.jsonfile import cyclic_gc_paused, read_json
 from sgmn.data.records import AnnotationError, Clip, TestSet
 
 GALLERY_KEY = "all"
@@ -50,6 +50,7 @@ def _tracklet_boxes(entry: dict, video_path: str, source: str) -> list[list[list
     return [[frames[t]] if t in frames else [] for t in range(max(frames) + 1)]
 
 
+@cyclic_gc_paused()
 def read_training(root: str | Path) -> list[Clip]:
     root = Path(root)
     index = _read_index(root / "train.json")
@@ -65,6 +66,7 @@ def read_training(root: str | Path) -> list[Clip]:
     return clips
 
 
+@cyclic_gc_paused()
 def read_test(root: str | Path) -> TestSet:
     root = Path(root)
     index = _read_index(root / "test.json")

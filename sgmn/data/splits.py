@@ -2,26 +2,9 @@
 figures read the test split in processes that never load a model)."""
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from pathlib import Path
 
 from sgmn.data import lpr4m, movingfashion
-
-
-@contextmanager
-def _cyclic_gc_paused():
-    """Python's cycle collector off while annotations are parsed: they are millions of small
-    lists and dicts without cycles (LPR4M's test split: 426k frames), and each collection walks
-    all of them. An LPR4M-sized `sgmn evaluate --scores` took 11-13 s with it on, 7-9 s off
-    (`scripts/bench_evaluate.py`). Reference counting still frees everything as usual."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def read_split(root: str | Path, fmt: str, split: str, on_bad_line: str = "error",
@@ -29,11 +12,6 @@ def read_split(root: str | Path, fmt: str, split: str, on_bad_line: str = "error
     """Training clips (split="train") or the TestSet (split="test") of a dataset root; with
     `index` (a shard index directory, LPR4M only) its frames and images are read from the
     img2dataset shards instead of the root's frames/ and images/."""
-    with _cyclic_gc_paused():
-        return _read_split(root, fmt, split, on_bad_line, skipped, index)
-
-
-def _read_split(root, fmt, split, on_bad_line, skipped, index):
     if fmt == "lpr4m":
         media = None
         if index is not None:
